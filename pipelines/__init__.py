@@ -1,0 +1,77 @@
+"""Model backends, one module per model family, behind one small protocol (``VideoBackend``).
+
+``model_info(ref)`` says what a model is without loading weights (for planning and validation);
+``load_backend(ref, device, dtype)`` gives a backend whose components load lazily. ``ref`` is a
+preset name (see ``available_models()``) or a local directory in diffusers layout.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from pipelines.base import ModelInfo, VideoBackend
+
+__all__ = ["ModelInfo", "VideoBackend", "UnknownModelError", "available_models", "model_info", "load_backend"]
+
+
+class UnknownModelError(KeyError):
+    """The model reference is neither a known preset nor a loadable local directory."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+_FAMILIES = {"WanPipeline": "wan"}
+
+
+def available_models() -> list[str]:
+    """Names of the models that need no files (built in code or shipped in the package)."""
+    from pipelines import wan
+
+    return wan.preset_names()
+
+
+def _directory_family(ref: str) -> str | None:
+    index = Path(ref) / "model_index.json"
+    if not index.is_file():
+        return None
+    cls = json.loads(index.read_text()).get("_class_name", "")
+    if cls not in _FAMILIES:
+        raise UnknownModelError(
+            f"model directory {ref!r} holds a {cls or 'unknown'} pipeline; supported: {sorted(_FAMILIES)}"
+        )
+    return _FAMILIES[cls]
+
+
+def _unknown(ref: str) -> UnknownModelError:
+    return UnknownModelError(
+        f"unknown model {ref!r}: expected one of {available_models()} or a local directory in diffusers "
+        "layout (with model_index.json)"
+    )
+
+
+def model_info(ref: str) -> ModelInfo:
+    """Static facts of a model (native size, factors, scheduler) without loading weights."""
+    from pipelines import wan
+
+    if ref in wan.preset_names():
+        return wan.preset_info(ref)
+    family = _directory_family(ref)
+    if family == "wan":
+        return wan.directory_info(ref)
+    raise _unknown(ref)
+
+
+def load_backend(ref: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> VideoBackend:
+    """A backend for ``ref`` on ``device``; components load on first use."""
+    from pipelines import wan
+
+    if ref in wan.preset_names():
+        return wan.load_preset(ref, device, dtype)
+    family = _directory_family(ref)
+    if family == "wan":
+        return wan.load_directory(ref, device, dtype)
+    raise _unknown(ref)

@@ -1,0 +1,27 @@
+"""Storage of renders: the Zarr layout (tile-addressed), xarray views, and video files (PyAV).
+
+Public names: ``RenderLayout``, ``StageLayout``, ``DecodeLayout``, ``DecodeRegion``,
+``create_render_store``, ``RenderStore``, ``RenderExistsError``, ``open_render``,
+``encode_video``, ``read_video``, ``probe_video``.
+"""
+
+from storage.layout import DecodeLayout, DecodeRegion, RenderLayout, StageLayout
+from storage.store import STAT_FIELDS, RenderExistsError, RenderStore, create_render_store
+from storage.video import VideoInfo, encode_video, probe_video, read_video
+from storage.views import open_render
+
+__all__ = [
+    "STAT_FIELDS",
+    "DecodeLayout",
+    "DecodeRegion",
+    "RenderExistsError",
+    "RenderLayout",
+    "RenderStore",
+    "StageLayout",
+    "VideoInfo",
+    "create_render_store",
+    "encode_video",
+    "open_render",
+    "probe_video",
+    "read_video",
+]

@@ -1,0 +1,46 @@
+"""supergen-dask: ultra-high-resolution video from standard-resolution video diffusion models.
+
+A low-resolution sketch, then tiled refinement with shifting tiles, as a Dask task graph over a
+tile-addressed Zarr store. The public API:
+
+- ``RenderSpec`` (+ ``ShiftSettings``, ``CacheSettings``, ``OutputSettings``): what to render;
+- ``plan_render(spec)`` -> ``RenderPlan``: validated, pure, serialisable;
+- ``render(spec, output_dir=None, client=None)`` / ``resume(render_dir)`` -> ``RenderResult``;
+- ``open_render(store_path, stage="refine")`` -> lazy ``xarray.Dataset`` of the latents;
+- ``make_cluster()`` / ``client_for()``: local CPU or dask-cuda clusters advertising a ``GPU`` resource.
+"""
+
+from supergen_dask import config as _config  # noqa: F401  (registers the supergen dask.config defaults)
+from supergen_dask.cluster import client_for, make_cluster
+from supergen_dask.geometry import ShiftSchedule, TileGrid, TileKey
+from supergen_dask.graph import RenderError, RenderResult, default_render_dir, load_plan, render, resume, run_render
+from supergen_dask.plan import RenderPlan, StagePlan, plan_render
+from supergen_dask.spec import CacheSettings, OutputSettings, RenderSpec, ShiftSettings, SpecError
+from storage import RenderExistsError, open_render
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CacheSettings",
+    "OutputSettings",
+    "RenderError",
+    "RenderExistsError",
+    "RenderPlan",
+    "RenderResult",
+    "RenderSpec",
+    "ShiftSchedule",
+    "ShiftSettings",
+    "SpecError",
+    "StagePlan",
+    "TileGrid",
+    "TileKey",
+    "client_for",
+    "default_render_dir",
+    "load_plan",
+    "make_cluster",
+    "open_render",
+    "plan_render",
+    "render",
+    "resume",
+    "run_render",
+]

@@ -1,0 +1,88 @@
+"""One cluster factory: an existing scheduler, dask-cuda's ``LocalCUDACluster`` when GPUs exist,
+or a CPU ``LocalCluster`` that advertises the same ``GPU`` resource so one code path schedules both.
+
+Settings come from ``dask.config`` under ``supergen.cluster`` (``DASK_SUPERGEN__CLUSTER__...``).
+Local schedulers and dashboards bind to localhost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from distributed import Client, LocalCluster
+
+from supergen_dask import config
+
+__all__ = ["gpu_count", "make_cluster", "client_for"]
+
+
+def gpu_count() -> int:
+    """GPUs visible to this process (0 without CUDA), without initialising dask-cuda."""
+    if config.get("device") == "cpu":
+        return 0
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def make_cluster(n_workers: int | None = None, processes: bool | None = None, gpu: bool | None = None):
+    """A local cluster whose every worker holds one ``GPU`` resource slot.
+
+    With GPUs (``gpu`` None = detect): one worker process per GPU via dask-cuda (the ``[gpu]``
+    extra), imported only here. Without: ``n_workers`` single-threaded CPU workers.
+    """
+    dashboard = config.get("cluster.dashboard-address")
+    n_gpus = gpu_count() if gpu is None or gpu else 0
+    if gpu and not n_gpus:
+        raise RuntimeError("a GPU cluster was asked for but this machine has no CUDA device")
+    if n_gpus:
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError as exc:  # pragma: no cover - GPU path
+            raise RuntimeError("GPU workers need dask-cuda: pip install 'supergen-dask[gpu]'") from exc
+        return LocalCUDACluster(
+            n_workers=n_workers or config.get("cluster.n-workers") or n_gpus,
+            threads_per_worker=1,
+            resources={"GPU": 1},
+            device_memory_limit=0,
+            memory_limit=0,
+            host="127.0.0.1",
+            dashboard_address=dashboard,
+        )
+    if n_workers is None:
+        n_workers = config.get("cluster.n-workers") or max(1, min(2, os.cpu_count() or 1))
+    if processes is None:
+        processes = bool(config.get("cluster.processes"))
+    return LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=processes,
+        resources={"GPU": 1},
+        host="127.0.0.1",
+        dashboard_address=dashboard,
+    )
+
+
+@contextlib.contextmanager
+def client_for(
+    client: Client | None = None,
+    address: str | None = None,
+    n_workers: int | None = None,
+    processes: bool | None = None,
+) -> Iterator[Client]:
+    """Yield ``client`` if given, else connect to ``address`` (or ``supergen.cluster.address``),
+    else start a local cluster for the duration of the block."""
+    if client is not None:
+        yield client
+        return
+    address = address or config.get("cluster.address")
+    if address:
+        with Client(address) as c:
+            yield c
+        return
+    with make_cluster(n_workers=n_workers, processes=processes) as cluster, Client(cluster) as c:
+        yield c

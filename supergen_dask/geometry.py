@@ -1,0 +1,258 @@
+"""Tile geometry on a torus: tile grids for any canvas size, per-axis shift cycles, overlaps.
+
+Everything here is pure integer arithmetic in *latent* units, so it is testable without a model,
+a store or a cluster. A canvas of ``rows x cols`` tiles is treated as a torus: a grid shifted by
+``(oy, ox)`` still partitions it exactly, the tiles that run past the bottom or right edge taking
+their missing rows and columns from the top or left.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+__all__ = [
+    "TileKey",
+    "TileGrid",
+    "ShiftSchedule",
+    "axis_cover",
+    "round_up",
+]
+
+
+def round_up(value: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` that is >= ``value``."""
+    return -(-value // multiple) * multiple
+
+
+@dataclass(frozen=True, order=True)
+class TileKey:
+    """Immutable name of one unit of work and of its chunks: (stage, step, row, col).
+
+    ``step`` is the index of the denoising step in the stage's schedule; ``row``/``col`` index the
+    tile in that step's (shifted) grid. The same key names the Dask task, the Zarr chunks it writes
+    and its row in the per-tile stats.
+    """
+
+    stage: str
+    step: int
+    row: int
+    col: int
+
+    def task_key(self, token: str) -> tuple[str, str, int, int, int]:
+        """Dask key: one stable prefix per task kind, unique per render via ``token``."""
+        return (f"denoise-{token}", self.stage, self.step, self.row, self.col)
+
+
+def axis_cover(start: int, length: int, size: int, tile: int, offset: int) -> list[int]:
+    """Indices of the tiles of one axis that an interval overlaps.
+
+    The axis has ``size`` cells cut into ``size // tile`` tiles whose first tile starts at
+    ``offset`` (mod ``size``). The interval ``[start, start + length)`` is taken mod ``size`` too.
+    Returns the distinct tile indices in the order the interval meets them.
+    """
+    if size % tile:
+        raise ValueError(f"axis size {size} is not a multiple of the tile size {tile}")
+    if not 0 < length <= size:
+        raise ValueError(f"interval length {length} must be in 1..{size}")
+    n = size // tile
+    out: list[int] = []
+    pos = 0
+    while pos < length:
+        local = (start + pos - offset) % size  # position in the grid's own frame
+        index = local // tile
+        if index not in out:
+            out.append(index)
+        pos += tile - local % tile  # jump to the next tile boundary
+    return [i % n for i in out]
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """A grid of equal, non-overlapping tiles that partitions a (padded) latent canvas.
+
+    ``valid_h`` x ``valid_w`` is the part of the canvas that maps to the requested output; the
+    canvas is padded at the bottom and right to a whole number of tiles and the padding is cropped
+    at the end.
+    """
+
+    canvas_h: int
+    canvas_w: int
+    tile_h: int
+    tile_w: int
+    valid_h: int
+    valid_w: int
+
+    def __post_init__(self) -> None:
+        if min(self.tile_h, self.tile_w) <= 0:
+            raise ValueError("tile sizes must be positive")
+        if self.canvas_h % self.tile_h or self.canvas_w % self.tile_w:
+            raise ValueError(
+                f"canvas {self.canvas_h}x{self.canvas_w} is not a whole number of "
+                f"{self.tile_h}x{self.tile_w} tiles"
+            )
+        if not (0 < self.valid_h <= self.canvas_h and 0 < self.valid_w <= self.canvas_w):
+            raise ValueError("the valid region must lie inside the canvas")
+
+    @property
+    def rows(self) -> int:
+        return self.canvas_h // self.tile_h
+
+    @property
+    def cols(self) -> int:
+        return self.canvas_w // self.tile_w
+
+    @property
+    def n_tiles(self) -> int:
+        return self.rows * self.cols
+
+    @classmethod
+    def single(cls, height: int, width: int) -> TileGrid:
+        """One tile covering the whole canvas (the native-size sketch)."""
+        return cls(height, width, height, width, height, width)
+
+    @classmethod
+    def for_canvas(
+        cls,
+        height: int,
+        width: int,
+        native_h: int,
+        native_w: int,
+        multiple: int = 1,
+        policy: str = "native",
+    ) -> TileGrid:
+        """Derive the tile grid for a ``height`` x ``width`` latent canvas.
+
+        Parameters
+        ----------
+        height, width
+            Latent size of the requested output (the valid region).
+        native_h, native_w
+            The model's native latent size: the tile the model was trained on.
+        multiple
+            Tile sides are multiples of this (the transformer's spatial patch size).
+        policy
+            ``"native"``: tiles of the native size (or of the canvas size on an axis shorter than
+            native), canvas padded up to a whole number of tiles. Of the two orientations (native
+            or transposed, same token count) the one that pads least is used; ties go to the
+            canvas's own orientation. ``"fit"``: tiles oriented like the canvas, as few per axis as
+            cover it without exceeding native, each shrunk to cover it with the least padding.
+        """
+        if min(height, width, native_h, native_w, multiple) <= 0:
+            raise ValueError("sizes must be positive")
+        if policy not in ("native", "fit"):
+            raise ValueError(f"tile policy must be 'native' or 'fit', got {policy!r}")
+
+        def axis(valid: int, native: int) -> tuple[int, int]:
+            native = max(multiple, native - native % multiple)
+            if policy == "native":
+                tile = min(native, round_up(valid, multiple))
+                return tile, round_up(valid, tile)
+            n = -(-valid // native)
+            tile = round_up(-(-valid // n), multiple)
+            return tile, n * tile
+
+        # Orientation matching the canvas first: it wins ties, and is the only one "fit" uses.
+        orientations = [(native_h, native_w), (native_w, native_h)]
+        if (height >= width) != (native_h >= native_w):
+            orientations.reverse()
+        if policy == "fit" or native_h == native_w:
+            orientations = orientations[:1]
+        candidates = []
+        for rank, (nh, nw) in enumerate(orientations):
+            th, ch = axis(height, nh)
+            tw, cw = axis(width, nw)
+            candidates.append(((ch * cw, rank), cls(ch, cw, th, tw, height, width)))
+        return min(candidates, key=lambda c: c[0])[1]
+
+    def tiles(self) -> Iterator[tuple[int, int]]:
+        """All (row, col) of the grid, row-major."""
+        for r in range(self.rows):
+            for c in range(self.cols):
+                yield r, c
+
+    def origin(self, row: int, col: int, offset: tuple[int, int]) -> tuple[int, int]:
+        """Canvas coordinates of the top-left cell of tile (row, col) under a grid offset."""
+        return (
+            (row * self.tile_h + offset[0]) % self.canvas_h,
+            (col * self.tile_w + offset[1]) % self.canvas_w,
+        )
+
+    def covering(
+        self, y0: int, x0: int, h: int, w: int, offset: tuple[int, int]
+    ) -> list[tuple[int, int]]:
+        """The tiles of the grid shifted by ``offset`` that a (wrapping) canvas window overlaps."""
+        rows = axis_cover(y0, h, self.canvas_h, self.tile_h, offset[0])
+        cols = axis_cover(x0, w, self.canvas_w, self.tile_w, offset[1])
+        return [(r, c) for r in rows for c in cols]
+
+    def to_dict(self) -> dict:
+        return {
+            "canvas_h": self.canvas_h,
+            "canvas_w": self.canvas_w,
+            "tile_h": self.tile_h,
+            "tile_w": self.tile_w,
+            "valid_h": self.valid_h,
+            "valid_w": self.valid_w,
+        }
+
+
+@dataclass(frozen=True)
+class ShiftSchedule:
+    """Per-step grid offsets: each axis walks its own cycle of multiples of its stride.
+
+    At step ``i`` the shift counter is ``c = i // every`` and the offset on an axis is
+    ``(c * stride) mod tile``. Each axis cycles with its own period ``tile / gcd(stride, tile)``, so
+    every offset that is a multiple of ``gcd(stride, tile)`` is visited (a shared modulus for both
+    axes would skip some). An axis with a single tile is never shifted: rolling a lone tile would
+    only put the opposite edges of the frame side by side.
+    """
+
+    tile_h: int
+    tile_w: int
+    stride_y: int
+    stride_x: int
+    every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError("shift 'every' must be >= 1")
+        if self.stride_y < 0 or self.stride_x < 0:
+            raise ValueError("shift strides must be >= 0")
+
+    @classmethod
+    def none(cls, grid: TileGrid) -> ShiftSchedule:
+        return cls(grid.tile_h, grid.tile_w, 0, 0, 1)
+
+    @classmethod
+    def for_grid(
+        cls, grid: TileGrid, divisions: int = 16, every: int = 1, stride: tuple[int, int] | None = None
+    ) -> ShiftSchedule:
+        """SuperGen's default: a stride of ``tile // divisions`` per axis, every ``every`` steps."""
+        if stride is None:
+            stride = (max(1, grid.tile_h // divisions), max(1, grid.tile_w // divisions))
+        sy = stride[0] % grid.tile_h if grid.rows > 1 else 0
+        sx = stride[1] % grid.tile_w if grid.cols > 1 else 0
+        return cls(grid.tile_h, grid.tile_w, sy, sx, every)
+
+    def offset(self, index: int) -> tuple[int, int]:
+        """Grid offset at denoising step ``index`` of the stage (0 = first refinement step)."""
+        c = index // self.every
+        return (c * self.stride_y) % self.tile_h, (c * self.stride_x) % self.tile_w
+
+    def cycle_length(self) -> tuple[int, int]:
+        """Shifts after which each axis returns to offset 0."""
+        def period(stride: int, tile: int) -> int:
+            return 1 if stride == 0 else tile // math.gcd(stride, tile)
+
+        return period(self.stride_y, self.tile_h), period(self.stride_x, self.tile_w)
+
+    def to_dict(self) -> dict:
+        return {
+            "tile_h": self.tile_h,
+            "tile_w": self.tile_w,
+            "stride_y": self.stride_y,
+            "stride_x": self.stride_x,
+            "every": self.every,
+        }

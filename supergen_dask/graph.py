@@ -1,0 +1,338 @@
+"""The driver: turn a plan into a Dask graph of futures over one render store, run it, resume it.
+
+Graph (one stage after another, no whole-canvas barrier inside a stage):
+``prompt`` -> ``sketch_init`` -> sketch steps -> ``upscale`` -> per (step, tile) ``denoise`` tasks,
+each depending only on the tiles of the previous step it overlaps -> ``decode`` regions, each
+depending on the final tiles under its window -> ``encode``. Work already marked done in the store
+is not submitted, so re-running the same spec (or ``resume``) continues where the last run stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import platform
+import re
+import shutil
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distributed import Client, Future, as_completed
+
+from storage import RenderExistsError, RenderStore, create_render_store, open_render
+from supergen_dask import config, tasks
+from supergen_dask.geometry import TileKey
+from supergen_dask.plan import RenderPlan, plan_render
+from supergen_dask.spec import RenderSpec
+
+__all__ = ["RenderError", "RenderResult", "default_render_dir", "prepare_store", "run_render", "render", "resume"]
+
+log = logging.getLogger(__name__)
+
+STORE_NAME = "render.zarr"
+VIDEO_NAME = "video.mp4"
+
+
+class RenderError(RuntimeError):
+    """A task of the render failed; finished work stays in the store and can be resumed."""
+
+
+@dataclass
+class RenderResult:
+    """Where a finished render lives and what it cost."""
+
+    render_dir: Path
+    store_path: Path
+    video_path: Path
+    plan: RenderPlan
+    session: int
+    receipts: list[dict] = field(default_factory=list)
+
+    @property
+    def submitted(self) -> int:
+        """Tasks that ran in this session (finished work from earlier sessions is not counted)."""
+        return sum(1 for r in self.receipts if not r.get("skipped"))
+
+    def dataset(self, stage: str = "refine", crop: bool = True):
+        """The render's latents as an ``xarray.Dataset`` (see ``storage.open_render``)."""
+        return open_render(str(self.store_path), stage=stage, crop=crop)
+
+    def summary(self) -> dict[str, Any]:
+        tiles = [r for r in self.receipts if r.get("task") == "denoise" and not r.get("skipped")]
+        out: dict[str, Any] = {"session": self.session, "tasks_run": self.submitted, "tile_tasks_run": len(tiles)}
+        if tiles:
+            for k in ("seconds", "read_seconds", "forward_seconds", "write_seconds"):
+                out[f"tile_{k}_mean"] = sum(r[k] for r in tiles) / len(tiles)
+        return out
+
+
+def _slug(prompt: str) -> str:
+    words = re.findall(r"[a-z0-9]+", prompt.lower())[:6]
+    return "-".join(words) or "render"
+
+
+def default_render_dir(plan: RenderPlan, root: str | Path | None = None) -> Path:
+    """``<store-root>/<prompt words>-<spec hash>``: the same spec always maps to the same place."""
+    root = Path(root if root is not None else config.get("store-root"))
+    return root / f"{_slug(plan.spec.prompt)}-{plan.token[:8]}"
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in ("supergen-dask", "torch", "diffusers", "dask", "distributed", "zarr", "xarray", "av", "numpy"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def prepare_store(plan: RenderPlan, render_dir: Path, overwrite: bool = False) -> RenderStore:
+    """Create the render's store, or reopen it if it holds this very plan (resume).
+
+    A store holding a different render is never touched unless ``overwrite`` is set.
+    """
+    store_path = render_dir / STORE_NAME
+    if store_path.exists():
+        try:
+            store = RenderStore.open(str(store_path))
+            existing = store.attrs.get("plan", {}).get("token")
+        except (FileNotFoundError, ValueError, KeyError):
+            store, existing = None, None
+        if existing == plan.token and store is not None:
+            return store
+        if not overwrite:
+            raise RenderExistsError(
+                f"{render_dir} already holds a different render (spec hash {existing}); "
+                "choose another output directory or pass overwrite=True (--overwrite)"
+            )
+        shutil.rmtree(store_path)
+        video = render_dir / VIDEO_NAME
+        if video.exists():
+            video.unlink()
+    render_dir.mkdir(parents=True, exist_ok=True)
+    attrs = {"spec": plan.spec.to_dict(), "plan": plan.to_dict(), "versions": _versions(), "sessions": []}
+    return create_render_store(str(store_path), plan.layout(), attrs, compressor=config.get("storage.compressor"))
+
+
+class _Graph:
+    """Submits the tasks that are not yet done and remembers their futures."""
+
+    def __init__(self, client: Client, plan: RenderPlan, store: RenderStore, session: int, video_path: Path):
+        self.client = client
+        self.plan = plan
+        self.store = store
+        self.session = session
+        self.video_path = video_path
+        self.run = f"{plan.token[:12]}{session:04x}"
+        self.args = (plan, store.url, store.instance)
+        self.futures: list[Future] = []
+        self.tiles: dict[TileKey, Future] = {}
+        self.named: dict[str, Future] = {}
+        self.retries = int(config.get("tasks.retries") or 0)
+        self.total_steps = plan.spec.num_inference_steps
+
+    def _submit(self, fn: Callable, *args, key, deps=(), gpu: bool = True, priority: int = 0) -> Future:
+        fut = self.client.submit(
+            fn,
+            *self.args,
+            *args,
+            *[d for d in deps if d is not None],
+            key=key,
+            resources={"GPU": 1} if gpu else None,
+            retries=self.retries,
+            priority=priority,
+            pure=False,
+        )
+        self.futures.append(fut)
+        return fut
+
+    def named_task(self, name: str, fn: Callable, *args, deps=(), gpu: bool = True, priority: int = 0, force=False):
+        if self.store.task_is_done(name) and not force:
+            return None
+        key = (f"{name.split('_')[0]}-{self.run}", name)
+        fut = self._submit(fn, *args, key=key, deps=deps, gpu=gpu, priority=priority)
+        self.named[name] = fut
+        return fut
+
+    def stage(self, name: str, entry: Future | None, prompt: Future | None) -> None:
+        st = self.plan.stage(name)
+        done = self.store.done_mask(name)
+        for i, step in enumerate(st.steps):
+            for key in st.keys(step):
+                if done[i, key.row, key.col]:
+                    continue
+                if step == st.first:
+                    deps = [entry, prompt]
+                else:
+                    deps = [self.tiles.get(d) for d in st.dependencies(key)]
+                self.tiles[key] = self._submit(
+                    tasks.denoise_tile,
+                    key,
+                    self.session,
+                    key=key.task_key(self.run),
+                    deps=deps,
+                    priority=self.total_steps - step,
+                )
+
+    def build(self) -> None:
+        plan = self.plan
+        prompt = self.named_task("prompt", tasks.encode_prompt, priority=self.total_steps + 2)
+        if plan.sketch is not None:
+            init = self.named_task("sketch_init", tasks.init_stage, "sketch", priority=self.total_steps + 1)
+            self.stage("sketch", init, prompt)
+            last = [self.tiles.get(k) for k in plan.sketch.keys(plan.sketch.last)]
+            entry = self.named_task("upscale", tasks.upscale_sketch, deps=last, priority=self.total_steps - plan.refine.first + 1)
+        else:
+            entry = self.named_task("refine_init", tasks.init_stage, "refine", priority=self.total_steps + 1)
+        self.stage("refine", entry, prompt)
+        rf = plan.refine
+        decodes = []
+        for i, reg in enumerate(plan.decode_regions()):
+            wy, wx, wh, ww = reg.window
+            deps = [self.tiles.get(k) for k in rf.covering(rf.last, wy, wx, wh, ww)]
+            decodes.append(self.named_task(f"decode_{reg.row}_{reg.col}", tasks.decode_region, i, deps=deps))
+        if not self.video_path.exists():  # a lost video is re-encoded from the decoded regions
+            self.named_task("encode", tasks.encode_output, str(self.video_path), deps=decodes, gpu=False, force=True)
+
+
+def _progress_bar(total: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="task", file=sys.stderr, dynamic_ncols=True)
+
+
+def run_render(
+    plan: RenderPlan,
+    render_dir: str | Path,
+    client: Client,
+    *,
+    progress: bool = True,
+    overwrite: bool = False,
+    on_task: Callable[[dict], None] | None = None,
+) -> RenderResult:
+    """Run (or resume) ``plan`` in ``render_dir`` on ``client``'s cluster and wait for it."""
+    render_dir = Path(render_dir)
+    store = prepare_store(plan, render_dir, overwrite=overwrite)
+    sessions = list(store.attrs.get("sessions", []))
+    session = len(sessions) + 1
+    sessions.append({"session": session, "started": _now(), "status": "running"})
+    store.update_attrs(sessions=sessions)
+    video_path = render_dir / VIDEO_NAME
+
+    graph = _Graph(client, plan, store, session, video_path)
+    graph.build()
+    receipts: list[dict] = []
+    bar = _progress_bar(len(graph.futures), progress, f"render {render_dir.name}")
+    status = "failed"
+    t0 = time.perf_counter()
+    try:
+        for fut in as_completed(graph.futures):
+            if fut.status == "error":
+                exc = fut.exception()
+                raise RenderError(f"task {fut.key} failed: {exc!r}; finished work is kept, resume with "
+                                  f"`supergen resume {render_dir}`") from exc
+            receipt = fut.result()
+            receipts.append(receipt)
+            if on_task is not None:
+                on_task(receipt)
+            if bar is not None:
+                bar.set_postfix_str(receipt.get("name", ""), refresh=False)
+                bar.update(1)
+        status = "finished"
+    finally:
+        if bar is not None:
+            bar.close()
+        if status != "finished":
+            client.cancel(graph.futures)
+        workers = {str(int(zlib.crc32(r["worker"].encode()))): r["worker"] for r in receipts if "worker" in r}
+        sessions[-1].update(
+            finished=_now(), status=status, tasks=len(graph.futures), seconds=round(time.perf_counter() - t0, 3),
+            workers=workers,
+        )
+        store.update_attrs(sessions=sessions)
+        for fut in graph.futures:
+            fut.release()
+    return RenderResult(render_dir, render_dir / STORE_NAME, video_path, plan, session, receipts)
+
+
+def render(
+    spec: RenderSpec,
+    output_dir: str | Path | None = None,
+    client: Client | None = None,
+    *,
+    progress: bool = True,
+    overwrite: bool = False,
+    n_workers: int | None = None,
+    processes: bool | None = None,
+) -> RenderResult:
+    """Plan and run a render. Bad specs raise ``SpecError`` before anything is written.
+
+    ``client`` is an existing Dask client; without one a local cluster is started for the call
+    (``supergen.cluster.*`` settings). ``output_dir`` defaults to ``default_render_dir(plan)``.
+    """
+    from supergen_dask.cluster import client_for
+
+    plan = plan_render(spec)
+    render_dir = Path(output_dir) if output_dir is not None else default_render_dir(plan)
+    with client_for(client, n_workers=n_workers, processes=processes) as c:
+        return run_render(plan, render_dir, c, progress=progress, overwrite=overwrite)
+
+
+def load_plan(render_dir: str | Path) -> RenderPlan:
+    """The plan stored with a render."""
+    store = RenderStore.open(str(Path(render_dir) / STORE_NAME), mode="r")
+    return RenderPlan.from_dict(store.attrs["plan"])
+
+
+def resume(
+    render_dir: str | Path,
+    client: Client | None = None,
+    *,
+    progress: bool = True,
+    n_workers: int | None = None,
+    processes: bool | None = None,
+) -> RenderResult:
+    """Continue a render from its done markers (its plan is read from the store)."""
+    from supergen_dask.cluster import client_for
+
+    plan = load_plan(render_dir)
+    with client_for(client, n_workers=n_workers, processes=processes) as c:
+        return run_render(plan, Path(render_dir), c, progress=progress)
+
+
+def describe(render_dir: str | Path) -> dict[str, Any]:
+    """Plan summary and progress of a render directory (for ``supergen info``)."""
+    render_dir = Path(render_dir)
+    store = RenderStore.open(str(render_dir / STORE_NAME), mode="r")
+    plan = RenderPlan.from_dict(store.attrs["plan"])
+    progress = {}
+    for st in plan.stages:
+        mask = store.done_mask(st.name)
+        progress[st.name] = f"{int(mask.sum())}/{mask.size} tiles"
+    progress.update({k: v for k, v in store.tasks_done().items()})
+    return {
+        "render_dir": str(render_dir),
+        "plan": plan.summary(),
+        "progress": progress,
+        "sessions": store.attrs.get("sessions", []),
+        "video": str(render_dir / VIDEO_NAME) if (render_dir / VIDEO_NAME).exists() else None,
+    }
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str)

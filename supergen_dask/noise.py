@@ -1,0 +1,44 @@
+"""Gaussian noise that depends only on (seed, stream, canvas position).
+
+The canvas is cut into fixed ``BLOCK x BLOCK`` cells; each cell's noise (all frames and channels)
+comes from its own generator, seeded by a hash of (seed, stream, cell row, cell col). Any window can
+be produced by any worker, in any tiling, and is bit-identical to the same cells of the whole canvas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+__all__ = ["BLOCK", "position_noise"]
+
+BLOCK = 16
+
+
+def _cell_seed(seed: int, stream: str, by: int, bx: int) -> int:
+    digest = hashlib.blake2b(f"{seed}:{stream}:{by}:{bx}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def position_noise(
+    seed: int, stream: str, frames: int, channels: int, y0: int, x0: int, h: int, w: int
+) -> torch.Tensor:
+    """Standard normal noise ``(frames, channels, h, w)`` for the window at ``(y0, x0)``.
+
+    Coordinates are absolute canvas cells (non-negative, no wrap): callers that need a wrapped
+    window ask for its pieces.
+    """
+    if min(y0, x0) < 0 or min(h, w, frames, channels) <= 0:
+        raise ValueError("window must have non-negative origin and positive size")
+    out = torch.empty(frames, channels, h, w)
+    for by in range(y0 // BLOCK, (y0 + h - 1) // BLOCK + 1):
+        for bx in range(x0 // BLOCK, (x0 + w - 1) // BLOCK + 1):
+            g = torch.Generator().manual_seed(_cell_seed(seed, stream, by, bx))
+            cell = torch.randn(frames, channels, BLOCK, BLOCK, generator=g)
+            ys, xs = max(y0, by * BLOCK), max(x0, bx * BLOCK)
+            ye, xe = min(y0 + h, (by + 1) * BLOCK), min(x0 + w, (bx + 1) * BLOCK)
+            out[:, :, ys - y0 : ye - y0, xs - x0 : xe - x0] = cell[
+                :, :, ys - by * BLOCK : ye - by * BLOCK, xs - bx * BLOCK : xe - bx * BLOCK
+            ]
+    return out

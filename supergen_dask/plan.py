@@ -1,0 +1,314 @@
+"""From a validated spec to a ``RenderPlan``: canvas, tile grids, shifts, timesteps, layout.
+
+The plan is pure data (JSON round-trip, no weights, no cluster): everything a task needs to know
+about where it is, and everything the store needs to be created up front.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pipelines import ModelInfo
+from pipelines.schedulers import resolve_scheduler
+from storage import DecodeLayout, DecodeRegion, RenderLayout, StageLayout
+from supergen_dask import config
+from supergen_dask.geometry import ShiftSchedule, TileGrid, TileKey, round_up
+from supergen_dask.spec import RenderSpec, SpecError
+from supergen_dask.stepping import SchedulerRef, check_tileable, state_slots
+
+__all__ = ["StagePlan", "RenderPlan", "plan_render", "sketch_latent_size", "decode_regions"]
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One denoising stage: its canvas grid, shift schedule and the schedule steps it runs."""
+
+    name: str
+    grid: TileGrid
+    shift: ShiftSchedule
+    steps: tuple[int, ...]
+    timesteps: tuple[float, ...]
+    latent_frames: int
+    channels: int
+
+    @property
+    def first(self) -> int:
+        return self.steps[0]
+
+    @property
+    def last(self) -> int:
+        return self.steps[-1]
+
+    def offset(self, step: int) -> tuple[int, int]:
+        """Grid offset of schedule step ``step`` (0 on the stage's first step)."""
+        return self.shift.offset(step - self.first)
+
+    def keys(self, step: int) -> list[TileKey]:
+        return [TileKey(self.name, step, r, c) for r, c in self.grid.tiles()]
+
+    def all_keys(self) -> list[TileKey]:
+        return [k for s in self.steps for k in self.keys(s)]
+
+    def origin(self, key: TileKey) -> tuple[int, int]:
+        return self.grid.origin(key.row, key.col, self.offset(key.step))
+
+    def dependencies(self, key: TileKey) -> list[TileKey]:
+        """The tiles of the previous step this tile's window overlaps (none on the first step)."""
+        if key.step == self.first:
+            return []
+        y0, x0 = self.origin(key)
+        prev = key.step - 1
+        cells = self.grid.covering(y0, x0, self.grid.tile_h, self.grid.tile_w, self.offset(prev))
+        return [TileKey(self.name, prev, r, c) for r, c in cells]
+
+    def covering(self, step: int, y0: int, x0: int, h: int, w: int) -> list[TileKey]:
+        """The tiles of ``step`` that a canvas window overlaps."""
+        cells = self.grid.covering(y0, x0, h, w, self.offset(step))
+        return [TileKey(self.name, step, r, c) for r, c in cells]
+
+    def layout(self, slots: dict[str, int], dtype: str) -> StageLayout:
+        g = self.grid
+        return StageLayout(
+            name=self.name,
+            frames=self.latent_frames,
+            channels=self.channels,
+            canvas_h=g.canvas_h,
+            canvas_w=g.canvas_w,
+            tile_h=g.tile_h,
+            tile_w=g.tile_w,
+            valid_h=g.valid_h,
+            valid_w=g.valid_w,
+            steps=self.steps,
+            timesteps=self.timesteps,
+            offsets=tuple(self.offset(s) for s in self.steps),
+            state_slots=tuple(sorted(slots.items())),
+            dtype=dtype,
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "grid": self.grid.to_dict(),
+            "shift": self.shift.to_dict(),
+            "steps": list(self.steps),
+            "timesteps": list(self.timesteps),
+            "latent_frames": self.latent_frames,
+            "channels": self.channels,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StagePlan:
+        return cls(
+            name=d["name"],
+            grid=TileGrid(**d["grid"]),
+            shift=ShiftSchedule(**d["shift"]),
+            steps=tuple(d["steps"]),
+            timesteps=tuple(d["timesteps"]),
+            latent_frames=d["latent_frames"],
+            channels=d["channels"],
+        )
+
+
+@dataclass(frozen=True)
+class RenderPlan:
+    """Everything about a render that does not depend on where it runs."""
+
+    spec: RenderSpec
+    model: ModelInfo
+    scheduler: SchedulerRef
+    token: str
+    sketch: StagePlan | None
+    refine: StagePlan
+    decode_margin: int
+
+    # -- derived ----------------------------------------------------------------------------------
+    @property
+    def latent_frames(self) -> int:
+        return self.refine.latent_frames
+
+    @property
+    def pixel_frames(self) -> int:
+        return self.model.pixel_frames(self.latent_frames)
+
+    @property
+    def cfg(self) -> bool:
+        """Classifier-free guidance runs (diffusers' rule: guidance_scale > 1)."""
+        return self.spec.guidance_scale > 1.0
+
+    @property
+    def stages(self) -> tuple[StagePlan, ...]:
+        return tuple(s for s in (self.sketch, self.refine) if s is not None)
+
+    def stage(self, name: str) -> StagePlan:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(f"no stage {name!r} in this plan")
+
+    @property
+    def state_slots(self) -> dict[str, int]:
+        return state_slots(self.scheduler)
+
+    @property
+    def sketch_pixel_size(self) -> tuple[int, int] | None:
+        if self.sketch is None:
+            return None
+        f = self.model.spatial_factor
+        return self.sketch.grid.canvas_h * f, self.sketch.grid.canvas_w * f
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """One-off tasks with a done marker, in graph order."""
+        names = ["prompt"]
+        names.append("sketch_init" if self.sketch is not None else "refine_init")
+        if self.sketch is not None:
+            names.append("upscale")
+        names += [f"decode_{r.row}_{r.col}" for r in self.decode_regions()]
+        names.append("encode")
+        return tuple(names)
+
+    def decode_regions(self) -> tuple[DecodeRegion, ...]:
+        g = self.refine.grid
+        return decode_regions(g.valid_h, g.valid_w, g.tile_h, g.tile_w, self.decode_margin)
+
+    def n_tile_tasks(self) -> int:
+        return sum(len(s.steps) * s.grid.n_tiles for s in self.stages)
+
+    def layout(self) -> RenderLayout:
+        slots = self.state_slots
+        dtype = self.spec.output.store_dtype
+        g = self.refine.grid
+        sp = self.sketch_pixel_size
+        return RenderLayout(
+            stages=tuple(s.layout(slots, dtype) for s in self.stages),
+            decode=DecodeLayout(
+                frames=self.pixel_frames,
+                scale=self.model.spatial_factor,
+                valid_h=g.valid_h,
+                valid_w=g.valid_w,
+                regions=self.decode_regions(),
+            ),
+            embed_tokens=self.model.text_tokens,
+            embed_dim=self.model.text_embed_dim,
+            sketch_pixels=None if sp is None else (self.pixel_frames, sp[0], sp[1]),
+            tasks=self.tasks,
+        )
+
+    def summary(self) -> str:
+        g = self.refine.grid
+        f = self.model.spatial_factor
+        s = self.spec
+        lines = [
+            f"model {self.model.name}: native {self.model.native_width}x{self.model.native_height}, "
+            f"{self.scheduler.class_name}",
+            f"output {s.width}x{s.height}, {s.num_frames} frames ({self.latent_frames} latent) at {s.fps} fps",
+        ]
+        if self.sketch is not None:
+            sh, sw = self.sketch_pixel_size
+            lines.append(f"sketch {sw}x{sh}, {len(self.sketch.steps)} steps")
+        lines.append(
+            f"refine {len(self.refine.steps)} of {s.num_inference_steps} steps on a {g.rows}x{g.cols} grid of "
+            f"{g.tile_w * f}x{g.tile_h * f} px tiles (canvas {g.canvas_w * f}x{g.canvas_h * f}, "
+            f"shift {self.refine.shift.stride_x}x{self.refine.shift.stride_y} latent px every {self.refine.shift.every})"
+        )
+        lines.append(f"{self.n_tile_tasks()} tile tasks")
+        return "\n".join(lines)
+
+    # -- serialisation ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec.to_dict(),
+            "model": self.model.to_dict(),
+            "scheduler": self.scheduler.to_dict(),
+            "token": self.token,
+            "sketch": None if self.sketch is None else self.sketch.to_dict(),
+            "refine": self.refine.to_dict(),
+            "decode_margin": self.decode_margin,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RenderPlan:
+        sched = d["scheduler"]
+        return cls(
+            spec=RenderSpec.from_dict(d["spec"]),
+            model=ModelInfo(**d["model"]),
+            scheduler=SchedulerRef.create(sched["class_name"], sched["config"], sched["num_inference_steps"]),
+            token=d["token"],
+            sketch=None if d["sketch"] is None else StagePlan.from_dict(d["sketch"]),
+            refine=StagePlan.from_dict(d["refine"]),
+            decode_margin=d["decode_margin"],
+        )
+
+
+def sketch_latent_size(valid_h: int, valid_w: int, info: ModelInfo) -> tuple[int, int]:
+    """Sketch size: the output's aspect ratio at the model's native area (never larger than the
+    output), in whole transformer patches."""
+    nh, nw = info.native_latent_hw
+    p = info.patch_spatial
+    scale = min(1.0, math.sqrt((nh * nw) / (valid_h * valid_w)))
+    return max(p, round(valid_h * scale / p) * p), max(p, round(valid_w * scale / p) * p)
+
+
+def decode_regions(valid_h: int, valid_w: int, core_h: int, core_w: int, margin: int) -> tuple[DecodeRegion, ...]:
+    """Cut the valid latent area into cores of ``core_h x core_w`` with ``margin`` cells of context."""
+    regions = []
+    for r, y in enumerate(range(0, valid_h, core_h)):
+        for c, x in enumerate(range(0, valid_w, core_w)):
+            ch, cw = min(core_h, valid_h - y), min(core_w, valid_w - x)
+            wy, wx = max(0, y - margin), max(0, x - margin)
+            wh, ww = min(valid_h, y + ch + margin) - wy, min(valid_w, x + cw + margin) - wx
+            regions.append(DecodeRegion(r, c, (y, x, ch, cw), (wy, wx, wh, ww)))
+    return tuple(regions)
+
+
+def plan_render(spec: RenderSpec) -> RenderPlan:
+    """Validate ``spec`` and derive the full plan. Raises ``SpecError`` naming the bad field."""
+    spec = spec.resolved()
+    info = spec.model_info()
+    f, p = info.spatial_factor, info.patch_spatial
+    T, k = spec.num_inference_steps, spec.refine_steps
+    cls, cfg = resolve_scheduler(info.scheduler_class, info.scheduler_config, spec.scheduler)
+    ref = SchedulerRef.create(cls, cfg, T)
+    try:
+        check_tileable(ref)
+    except ValueError as exc:
+        raise SpecError("scheduler", str(exc)) from None
+    timesteps = ref.timesteps()
+    if len(timesteps) != T:
+        raise SpecError("num_inference_steps", f"scheduler {cls} produced {len(timesteps)} timesteps for {T} steps")
+    frames = info.latent_frames(spec.num_frames)
+    C = info.latent_channels
+    vh, vw = spec.height // f, spec.width // f
+    nh, nw = info.native_latent_hw
+
+    grid = TileGrid.for_canvas(vh, vw, nh, nw, multiple=p, policy=spec.tile_policy)
+    if spec.shift.enabled:
+        shift = ShiftSchedule.for_grid(grid, spec.shift.divisions, spec.shift.every)
+    else:
+        shift = ShiftSchedule.none(grid)
+    refine_steps = tuple(range(T - k, T))
+    refine = StagePlan("refine", grid, shift, refine_steps, tuple(timesteps[i] for i in refine_steps), frames, C)
+
+    sketch = None
+    if k < T:
+        if spec.sketch_height is not None or spec.sketch_width is not None:
+            sh0, sw0 = sketch_latent_size(vh, vw, info)
+            sh = spec.sketch_height // f if spec.sketch_height is not None else sh0
+            sw = spec.sketch_width // f if spec.sketch_width is not None else sw0
+        else:
+            sh, sw = sketch_latent_size(vh, vw, info)
+        sh, sw = round_up(sh, p), round_up(sw, p)
+        sgrid = TileGrid.single(sh, sw)
+        sketch = StagePlan("sketch", sgrid, ShiftSchedule.none(sgrid), tuple(range(T)), tuple(timesteps), frames, C)
+
+    return RenderPlan(
+        spec=spec,
+        model=info,
+        scheduler=ref,
+        token=spec.token(),
+        sketch=sketch,
+        refine=refine,
+        decode_margin=int(config.get("decode.margin")),
+    )

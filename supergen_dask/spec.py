@@ -1,0 +1,252 @@
+"""What a user asks for: ``RenderSpec`` and its settings, validated before any work starts.
+
+A spec names no path and no cluster (those are injected when it runs). Fields left ``None`` take
+the model's defaults when the spec is *resolved* against the model; the resolved spec is what a
+render stores and what identifies it, so re-running the same request resumes the same render.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from pipelines import ModelInfo, UnknownModelError, available_models, model_info
+from pipelines.schedulers import SCHEDULER_ALIASES
+
+__all__ = ["SpecError", "ShiftSettings", "CacheSettings", "OutputSettings", "RenderSpec"]
+
+DTYPES = ("float32", "bfloat16", "float16")
+STORE_DTYPES = ("float32", "float16")
+TILE_POLICIES = ("native", "fit")
+CODECS = ("h264", "lossless")
+
+
+class SpecError(ValueError):
+    """An invalid render spec. ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+def _check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(name, f"must be an integer, got {value!r}")
+    if lo is not None and value < lo:
+        raise SpecError(name, f"must be >= {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise SpecError(name, f"must be <= {hi}, got {value}")
+    return value
+
+
+def _check_number(name: str, value: Any, lo: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise SpecError(name, f"must be a finite number, got {value!r}")
+    if lo is not None and value < lo:
+        raise SpecError(name, f"must be >= {lo}, got {value}")
+    return float(value)
+
+
+def _check_choice(name: str, value: Any, allowed: tuple) -> Any:
+    if value not in allowed:
+        raise SpecError(name, f"must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def _from_mapping(cls, data: Any, prefix: str = ""):
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise SpecError(prefix.rstrip(".") or cls.__name__, f"expected a mapping, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise SpecError(f"{prefix}{unknown[0]}", f"unknown field; allowed: {sorted(names)}")
+    return cls(**data)
+
+
+@dataclass(frozen=True)
+class ShiftSettings:
+    """Tile shifting: the grid moves by ``tile // divisions`` per axis every ``every`` steps."""
+
+    enabled: bool = True
+    divisions: int = 16
+    every: int = 1
+
+    def validate(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise SpecError("shift.enabled", f"must be true or false, got {self.enabled!r}")
+        _check_int("shift.divisions", self.divisions, 1)
+        _check_int("shift.every", self.every, 1)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Region-aware residual cache (SuperGen's accumulate-and-threshold rule).
+
+    Off by default. ``threshold`` is tau; the first ``warmup_steps`` and the last step always run
+    the model; every ``region_interval`` steps the ``region_alpha`` adjustment is applied.
+    """
+
+    enabled: bool = False
+    threshold: float = 0.1
+    warmup_steps: int = 5
+    region_alpha: float = 0.5
+    region_interval: int = 5
+
+    def validate(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise SpecError("cache.enabled", f"must be true or false, got {self.enabled!r}")
+        if _check_number("cache.threshold", self.threshold, 0.0) <= 0:
+            raise SpecError("cache.threshold", "must be > 0")
+        _check_int("cache.warmup_steps", self.warmup_steps, 1)
+        _check_number("cache.region_alpha", self.region_alpha, 0.0)
+        _check_int("cache.region_interval", self.region_interval, 1)
+        if self.enabled:
+            raise SpecError("cache.enabled", "the region-aware cache is not available yet; allowed: [false]")
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """Video encoding: ``h264`` (yuv420p, ``crf``) or ``lossless`` (RGB H.264, crf 0)."""
+
+    codec: str = "h264"
+    crf: int = 18
+    store_dtype: str = "float32"
+
+    def validate(self) -> None:
+        _check_choice("output.codec", self.codec, CODECS)
+        _check_int("output.crf", self.crf, 0, 51)
+        _check_choice("output.store_dtype", self.store_dtype, STORE_DTYPES)
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """One render request, with diffusers' argument names.
+
+    ``refine_steps`` is SuperGen's k: the sketch is re-noised to step ``num_inference_steps - k``
+    and refined with k tiled steps (k == num_inference_steps skips the sketch and refines pure
+    noise). Sizes are in pixels and must be multiples of the model's VAE factor.
+    """
+
+    prompt: str
+    negative_prompt: str = ""
+    image: str | None = None
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
+    num_inference_steps: int | None = None
+    refine_steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int = 0
+    model: str = "tiny-random-wan"
+    scheduler: str | None = None
+    dtype: str = "float32"
+    fps: int | None = None
+    tile_policy: str = "native"
+    sketch_height: int | None = None
+    sketch_width: int | None = None
+    shift: ShiftSettings = field(default_factory=ShiftSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RenderSpec:
+        """Build from a plain mapping (JSON/YAML spec files); unknown keys are errors."""
+        if not isinstance(data, dict):
+            raise SpecError("spec", f"expected a mapping, got {type(data).__name__}")
+        data = dict(data)
+        if "prompt" not in data:
+            raise SpecError("prompt", "is required")
+        for name, sub in (("shift", ShiftSettings), ("cache", CacheSettings), ("output", OutputSettings)):
+            if name in data:
+                data[name] = _from_mapping(sub, data[name], f"{name}.")
+        return _from_mapping(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> RenderSpec:
+        return dataclasses.replace(self, **changes)
+
+    def token(self) -> str:
+        """Stable hash of the (resolved) spec: names the render and its Dask keys."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    # -- validation -----------------------------------------------------------------------------
+    def model_info(self) -> ModelInfo:
+        if not isinstance(self.model, str) or not self.model:
+            raise SpecError("model", f"must be a model name or directory; allowed names: {available_models()}")
+        try:
+            return model_info(self.model)
+        except UnknownModelError as exc:
+            raise SpecError("model", str(exc)) from None
+
+    def resolved(self) -> RenderSpec:
+        """Validate every field and fill the ``None`` ones from the model. Raises ``SpecError``."""
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise SpecError("prompt", "must be a non-empty string")
+        if not isinstance(self.negative_prompt, str):
+            raise SpecError("negative_prompt", "must be a string")
+        info = self.model_info()
+        f = info.spatial_factor
+        height = info.native_height * 2 if self.height is None else self.height
+        width = info.native_width * 2 if self.width is None else self.width
+        min_side = f * info.patch_spatial
+        for name, value in (("height", height), ("width", width)):
+            _check_int(name, value, min_side)
+            if value % f:
+                lo, hi = value - value % f, value - value % f + f
+                raise SpecError(
+                    name,
+                    f"{value} is not a multiple of the model's spatial factor {f} (nearest allowed: {lo} or {hi})",
+                )
+        num_frames = info.native_frames if self.num_frames is None else self.num_frames
+        _check_int("num_frames", num_frames, 1)
+        if not info.frames_ok(num_frames):
+            raise SpecError(
+                "num_frames", f"{num_frames} frames cannot be taken by {info.name}: allowed {info.allowed_frames_hint()}"
+            )
+        steps = info.default_steps if self.num_inference_steps is None else self.num_inference_steps
+        _check_int("num_inference_steps", steps, 1, 1000)
+        k = steps - steps // 10 if self.refine_steps is None else self.refine_steps
+        _check_int("refine_steps", k, 1)
+        if k > steps:
+            raise SpecError("refine_steps", f"k={k} must be <= num_inference_steps ({steps})")
+        guidance = info.default_guidance if self.guidance_scale is None else self.guidance_scale
+        guidance = _check_number("guidance_scale", guidance, 0.0)
+        _check_int("seed", self.seed, 0, 2**63 - 1)
+        if self.scheduler is not None:
+            _check_choice("scheduler", self.scheduler, tuple(SCHEDULER_ALIASES))
+        _check_choice("dtype", self.dtype, DTYPES)
+        fps = info.fps if self.fps is None else self.fps
+        _check_int("fps", fps, 1, 240)
+        _check_choice("tile_policy", self.tile_policy, TILE_POLICIES)
+        for name in ("sketch_height", "sketch_width"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_int(name, value, min_side)
+                if value % min_side:
+                    raise SpecError(name, f"must be a multiple of {min_side} (VAE factor x patch), got {value}")
+        if self.image is not None:
+            if not info.supports_image:
+                raise SpecError("image", f"model {info.name} is text-to-video and takes no image; allowed: [None]")
+        for sub in (self.shift, self.cache, self.output):
+            if not hasattr(sub, "validate"):
+                raise SpecError("spec", f"bad settings object {sub!r}")
+            sub.validate()
+        return self.replace(
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            num_inference_steps=steps,
+            refine_steps=k,
+            guidance_scale=guidance,
+            fps=fps,
+        )

@@ -1,0 +1,176 @@
+"""Scheduler updates on one region of the canvas, with the scheduler's history kept per region.
+
+Tiled refinement needs "one scheduler step on the whole canvas" while each task only holds its
+tile. For the supported schedulers the update is element-wise, so a task may update its own region
+if it has that region's slice of every per-element tensor the scheduler keeps between steps
+(UniPC's model-output history and last sample, for example). The scalar part of the state
+(step index, order warm-up, timestep history) is the same everywhere; a task rebuilds it by
+replaying the schedule on a one-element dummy sample, then swaps in its region's tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pipelines.schedulers import SUPPORTED, make_scheduler
+
+__all__ = ["SchedulerRef", "state_slots", "RegionStep", "check_tileable", "renoise", "initial_noise_sigma"]
+
+# Attributes holding per-element state between steps: name -> "list" (slots) or "tensor" (1 slot).
+_STATE_ATTRS: dict[str, dict[str, str]] = {
+    "UniPCMultistepScheduler": {"model_outputs": "list", "last_sample": "tensor"},
+    "DPMSolverMultistepScheduler": {"model_outputs": "list"},
+    "FlowMatchEulerDiscreteScheduler": {},
+    "EulerDiscreteScheduler": {},
+    "DDIMScheduler": {},
+}
+
+
+@dataclass(frozen=True)
+class SchedulerRef:
+    """A scheduler by class name and config, plus the schedule length: enough to rebuild it."""
+
+    class_name: str
+    config: tuple[tuple[str, Any], ...]
+    num_inference_steps: int
+
+    @classmethod
+    def create(cls, class_name: str, config: dict[str, Any], num_inference_steps: int) -> SchedulerRef:
+        items = tuple(sorted((k, _freeze(v)) for k, v in config.items() if not k.startswith("_")))
+        return cls(class_name, items, num_inference_steps)
+
+    def config_dict(self) -> dict[str, Any]:
+        return {k: _thaw(v) for k, v in self.config}
+
+    def build(self):
+        sched = make_scheduler(self.class_name, self.config_dict())
+        sched.set_timesteps(self.num_inference_steps, device="cpu")
+        return sched
+
+    def timesteps(self) -> list[float]:
+        return [float(t) for t in self.build().timesteps]
+
+    def to_dict(self) -> dict:
+        return {
+            "class_name": self.class_name,
+            "config": self.config_dict(),
+            "num_inference_steps": self.num_inference_steps,
+        }
+
+
+def _freeze(v):
+    if isinstance(v, list | tuple):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+def _thaw(v):
+    if isinstance(v, tuple):
+        return [_thaw(x) for x in v]
+    return v
+
+
+def check_tileable(ref: SchedulerRef) -> None:
+    """Raise ValueError if this scheduler cannot be stepped region by region."""
+    if ref.class_name not in SUPPORTED or ref.class_name not in _STATE_ATTRS:
+        raise ValueError(
+            f"scheduler {ref.class_name} is not supported for tiled stepping; supported: {sorted(_STATE_ATTRS)}"
+        )
+    cfg = ref.config_dict()
+    if cfg.get("thresholding"):
+        raise ValueError("dynamic thresholding is a whole-sample operation and cannot be tiled; set thresholding=False")
+    if "sde" in str(cfg.get("algorithm_type", "")):
+        raise ValueError("SDE solvers draw noise inside step(); use a deterministic algorithm_type")
+
+
+def state_slots(ref: SchedulerRef) -> dict[str, int]:
+    """Per-element state arrays a region must carry between steps: name -> number of slots."""
+    out = {}
+    for name, kind in _STATE_ATTRS.get(ref.class_name, {}).items():
+        out[name] = int(ref.config_dict().get("solver_order", 2)) if kind == "list" else 1
+    return out
+
+
+class RegionStep:
+    """The scheduler as it stands before step ``index`` of a stage that began at ``begin``.
+
+    ``present()`` says which state slots are live (and must be read from the store), ``load()``
+    puts a region's tensors in, ``step()`` advances the region and returns the new sample plus the
+    state slots to write.
+    """
+
+    def __init__(self, ref: SchedulerRef, begin: int, index: int):
+        if not begin <= index < ref.num_inference_steps:
+            raise ValueError(f"step {index} outside the stage [{begin}, {ref.num_inference_steps})")
+        self.ref = ref
+        self.index = index
+        self.kinds = _STATE_ATTRS[ref.class_name]
+        sched = ref.build()
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(begin)
+        dummy = torch.zeros(1, 1, 1, 1, 1)
+        for i in range(begin, index):
+            sched.step(torch.zeros_like(dummy), sched.timesteps[i], dummy, return_dict=False)
+        self.scheduler = sched
+        self.timestep = sched.timesteps[index]
+
+    def present(self) -> dict[str, list[int]]:
+        """Live slots of each state attribute (``[0]`` for a plain tensor attribute)."""
+        out: dict[str, list[int]] = {}
+        for name, kind in self.kinds.items():
+            value = getattr(self.scheduler, name)
+            if kind == "list":
+                out[name] = [i for i, v in enumerate(value) if v is not None]
+            else:
+                out[name] = [0] if value is not None else []
+        return out
+
+    def load(self, state: dict[str, dict[int, torch.Tensor]]) -> None:
+        """Replace the dummy history with this region's tensors (``name -> {slot: tensor}``)."""
+        for name, slots in self.present().items():
+            have = state.get(name, {})
+            missing = [s for s in slots if s not in have]
+            if missing:
+                raise ValueError(f"scheduler state {name} slots {missing} are needed but were not given")
+            if self.kinds[name] == "list":
+                value = list(getattr(self.scheduler, name))
+                for s in slots:
+                    value[s] = have[s]
+                setattr(self.scheduler, name, value)
+            elif slots:
+                setattr(self.scheduler, name, have[0])
+
+    def scale_model_input(self, sample: torch.Tensor) -> torch.Tensor:
+        return self.scheduler.scale_model_input(sample, self.timestep)
+
+    def step(self, model_output: torch.Tensor, sample: torch.Tensor) -> tuple[torch.Tensor, dict[str, dict[int, torch.Tensor]]]:
+        """One update of this region. Returns ``(new_sample, state_to_store)``."""
+        new = self.scheduler.step(model_output, self.timestep, sample, return_dict=False)[0]
+        state: dict[str, dict[int, torch.Tensor]] = {}
+        for name, kind in self.kinds.items():
+            value = getattr(self.scheduler, name)
+            if kind == "list":
+                state[name] = {i: v for i, v in enumerate(value) if v is not None}
+            elif value is not None:
+                state[name] = {0: value}
+        return new, state
+
+
+def renoise(ref: SchedulerRef, begin: int, clean: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Noise clean latents to the level of schedule step ``begin`` with the scheduler's own rule
+    (``add_noise``, or flow matching's ``scale_noise``: sigma * noise + (1 - sigma) * x)."""
+    sched = ref.build()
+    if hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(begin)
+    t = sched.timesteps[begin].reshape(1)
+    if hasattr(sched, "add_noise"):
+        return sched.add_noise(clean, noise, t)
+    return sched.scale_noise(clean, t, noise)
+
+
+def initial_noise_sigma(ref: SchedulerRef) -> float:
+    """Scale of pure noise at the start of the schedule (``init_noise_sigma``)."""
+    return float(ref.build().init_noise_sigma)

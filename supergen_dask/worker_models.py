@@ -1,0 +1,86 @@
+"""Models resident on a worker: loaded once per worker process, lazily, on the first task.
+
+This module must stay importable (never ``__main__`` or a notebook cell): Dask pickles functions
+by reference to their module, so the cache below lives once per process. A cache defined in
+``__main__`` would be shipped, empty, with every task and the model would reload every time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from pipelines import VideoBackend, load_backend
+from supergen_dask import config
+
+__all__ = ["worker_device", "get_backend", "prompt_embeds", "load_count", "clear"]
+
+_LOCK = threading.Lock()
+_BACKENDS: dict[tuple[str, str, str], VideoBackend] = {}
+_EMBEDS: dict[tuple[str, str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+_LOADS: list[tuple[str, float]] = []
+_THREADS_SET = False
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def worker_device() -> str:
+    """``cuda`` when this process sees a GPU (and the config allows), else ``cpu``."""
+    want = config.get("device", "auto")
+    if want == "cpu":
+        return "cpu"
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
+
+
+def _configure_torch(device: str) -> None:
+    global _THREADS_SET
+    if _THREADS_SET:
+        return
+    threads = config.get("worker.torch-threads")
+    if device == "cpu" and threads:
+        torch.set_num_threads(int(threads))
+    _THREADS_SET = True
+
+
+def get_backend(model: str, dtype: str) -> VideoBackend:
+    """The process's backend for ``model`` in ``dtype`` (created on first use, then reused)."""
+    device = worker_device()
+    key = (model, dtype, device)
+    backend = _BACKENDS.get(key)
+    if backend is None:
+        with _LOCK:
+            backend = _BACKENDS.get(key)
+            if backend is None:
+                _configure_torch(device)
+                backend = load_backend(model, device=device, dtype=_DTYPES[dtype])
+                _BACKENDS[key] = backend
+                _LOADS.append((model, time.time()))
+    return backend
+
+
+def prompt_embeds(store, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(negative, positive)`` embeddings of a render, read from its store once per process."""
+    key = (store.url, store.instance, str(device))
+    cached = _EMBEDS.get(key)
+    if cached is None:
+        neg, pos = store.read_prompt_embeds()
+        cached = (torch.from_numpy(neg).to(device), torch.from_numpy(pos).to(device))
+        with _LOCK:
+            _EMBEDS[key] = cached
+    return cached
+
+
+def load_count() -> int:
+    """How many backends this process has created (tests check models load once per worker)."""
+    return len(_LOADS)
+
+
+def clear() -> None:
+    """Drop every resident model (frees memory; the next task reloads)."""
+    with _LOCK:
+        _BACKENDS.clear()
+        _EMBEDS.clear()
