@@ -65,7 +65,9 @@ def model_info(ref: str) -> ModelInfo:
     raise _unknown(ref)
 
 
-def load_backend(ref: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> VideoBackend:
+def load_backend(
+    ref: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> VideoBackend:
     """A backend for ``ref`` on ``device``; components load on first use."""
     from pipelines import wan
 

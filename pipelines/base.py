@@ -76,7 +76,9 @@ class VideoBackend:
 
     info: ModelInfo
 
-    def __init__(self, info: ModelInfo, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(
+        self, info: ModelInfo, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ):
         self.info = info
         self.device = torch.device(device)
         self.dtype = dtype

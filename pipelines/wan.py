@@ -109,7 +109,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _wan_info(name: str, transformer: dict, vae: dict, scheduler_class: str, scheduler_config: dict, **kw) -> ModelInfo:
+def _wan_info(
+    name: str, transformer: dict, vae: dict, scheduler_class: str, scheduler_config: dict, **kw
+) -> ModelInfo:
     patch = transformer.get("patch_size", (1, 2, 2))
     return ModelInfo(
         name=name,
@@ -128,7 +130,13 @@ def _wan_info(name: str, transformer: dict, vae: dict, scheduler_class: str, sch
 def preset_info(name: str) -> ModelInfo:
     p = _PRESETS[name]
     return _wan_info(
-        name, p["transformer"], p["vae"], "UniPCMultistepScheduler", dict(FLOW_UNIPC), text_tokens=p["text_len"], **p["info"]
+        name,
+        p["transformer"],
+        p["vae"],
+        "UniPCMultistepScheduler",
+        dict(FLOW_UNIPC),
+        text_tokens=p["text_len"],
+        **p["info"],
     )
 
 
@@ -267,7 +275,9 @@ def _seeded(build: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
         return build()
 
 
-def load_preset(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> WanBackend:
+def load_preset(
+    name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> WanBackend:
     """A random-weight preset: weights drawn from fixed seeds, identical on every worker."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
@@ -289,7 +299,9 @@ def load_preset(name: str, device: str | torch.device = "cpu", dtype: torch.dtyp
     return WanBackend(info, transformer, vae, text, device, dtype)
 
 
-def load_directory(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> WanBackend:
+def load_directory(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> WanBackend:
     """A Wan model saved in diffusers layout on local disk (safetensors only, no hub access)."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
@@ -341,10 +353,25 @@ def save_tiny_pipeline(path: str | Path, seed: int = 0, native: tuple[int, int] 
     from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
     root = Path(path)
-    words = ["<pad>", "</s>", "<unk>", "a", "red", "green", "blue", "circle", "square", "moving", "left", "right"]
+    words = [
+        "<pad>",
+        "</s>",
+        "<unk>",
+        "a",
+        "red",
+        "green",
+        "blue",
+        "circle",
+        "square",
+        "moving",
+        "left",
+        "right",
+    ]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         encoder = UMT5EncoderModel(
@@ -353,7 +380,9 @@ def save_tiny_pipeline(path: str | Path, seed: int = 0, native: tuple[int, int] 
         transformer = WanTransformer3DModel(**TINY_TRANSFORMER_CONFIG)
         vae = AutoencoderKLWan(**TINY_VAE_CONFIG)
     scheduler = UniPCMultistepScheduler(**FLOW_UNIPC)
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=vae, scheduler=scheduler, transformer=transformer)
+    pipe = WanPipeline(
+        tokenizer=tokenizer, text_encoder=encoder, vae=vae, scheduler=scheduler, transformer=transformer
+    )
     pipe.save_pretrained(root, safe_serialization=True)
     (root / "supergen.json").write_text(
         json.dumps(

@@ -54,7 +54,9 @@ class StageLayout:
         try:
             return self.steps.index(step)
         except ValueError:
-            raise KeyError(f"stage {self.name!r} has no step {step}; steps: {self.steps[0]}..{self.steps[-1]}") from None
+            raise KeyError(
+                f"stage {self.name!r} has no step {step}; steps: {self.steps[0]}..{self.steps[-1]}"
+            ) from None
 
     def offset_of(self, step: int | None) -> tuple[int, int]:
         """Roll of the stored array: ``None`` is the stage's ``start``."""

@@ -79,38 +79,93 @@ def create_render_store(
             **kw,
         )
 
-    arr(root, "prompt_embeds", (2, layout.embed_tokens, layout.embed_dim), (2, layout.embed_tokens, layout.embed_dim),
-        "float32", ("branch", "token", "embed"), np.nan)
+    arr(
+        root,
+        "prompt_embeds",
+        (2, layout.embed_tokens, layout.embed_dim),
+        (2, layout.embed_tokens, layout.embed_dim),
+        "float32",
+        ("branch", "token", "embed"),
+        np.nan,
+    )
     arr(root, "task_done", (max(1, len(layout.tasks)),), (1,), "uint8", ("task",), 0)
 
     for st in layout.stages:
         g = root.create_group(st.name)
-        F, C, H, W, th, tw, n = st.frames, st.channels, st.canvas_h, st.canvas_w, st.tile_h, st.tile_w, len(st.steps)
+        F, C, H, W, th, tw, n = (
+            st.frames,
+            st.channels,
+            st.canvas_h,
+            st.canvas_w,
+            st.tile_h,
+            st.tile_w,
+            len(st.steps),
+        )
         big = dict(compressors=comp, config={"write_empty_chunks": True})
         arr(g, "start", (F, C, H, W), (F, C, th, tw), st.dtype, ("frame", "channel", "y", "x"), np.nan, **big)
-        latents = arr(g, "latents", (n, F, C, H, W), (1, F, C, th, tw), st.dtype,
-                      ("step", "frame", "channel", "y", "x"), np.nan, **big)
+        latents = arr(
+            g,
+            "latents",
+            (n, F, C, H, W),
+            (1, F, C, th, tw),
+            st.dtype,
+            ("step", "frame", "channel", "y", "x"),
+            np.nan,
+            **big,
+        )
         latents.attrs["coordinates"] = "timestep"
         for name, slots in st.state_slots:
-            arr(g, f"state_{name}", (n, slots, F, C, H, W), (1, slots, F, C, th, tw), "float32",
-                ("step", f"{name}_slot", "frame", "channel", "y", "x"), np.nan, **big)
+            arr(
+                g,
+                f"state_{name}",
+                (n, slots, F, C, H, W),
+                (1, slots, F, C, th, tw),
+                "float32",
+                ("step", f"{name}_slot", "frame", "channel", "y", "x"),
+                np.nan,
+                **big,
+            )
         arr(g, "done", (n, st.rows, st.cols), (1, 1, 1), "uint8", ("step", "tile_y", "tile_x"), 0)
-        arr(g, "tile_stats", (n, st.rows, st.cols, len(STAT_FIELDS)), (1, 1, 1, len(STAT_FIELDS)), "float64",
-            ("step", "tile_y", "tile_x", "stat"), np.nan)
+        arr(
+            g,
+            "tile_stats",
+            (n, st.rows, st.cols, len(STAT_FIELDS)),
+            (1, 1, 1, len(STAT_FIELDS)),
+            "float64",
+            ("step", "tile_y", "tile_x", "stat"),
+            np.nan,
+        )
         arr(g, "step", (n,), (n,), "int64", ("step",), 0)[:] = np.asarray(st.steps, dtype=np.int64)
-        arr(g, "timestep", (n,), (n,), "float64", ("step",), np.nan)[:] = np.asarray(st.timesteps, dtype=np.float64)
+        arr(g, "timestep", (n,), (n,), "float64", ("step",), np.nan)[:] = np.asarray(
+            st.timesteps, dtype=np.float64
+        )
 
     if layout.sketch_pixels is not None:
         f, h, w = layout.sketch_pixels
-        arr(root, "sketch_pixels", (f, h, w, 3), (f, h, w, 3), "uint8", ("sketch_frame", "sketch_py", "sketch_px", "rgb"), 0)
+        arr(
+            root,
+            "sketch_pixels",
+            (f, h, w, 3),
+            (f, h, w, 3),
+            "uint8",
+            ("sketch_frame", "sketch_py", "sketch_px", "rgb"),
+            0,
+        )
 
     dec = root.create_group("decoded")
     d = layout.decode
     for reg in d.regions:
         _, _, wh, ww = reg.window
         ph, pw = wh * d.scale, ww * d.scale
-        arr(dec, reg.name, (d.frames, ph, pw, 3), (min(d.frames, d.frames_per_chunk), ph, pw, 3), "uint8",
-            ("pixel_frame", f"py_{reg.row}_{reg.col}", f"px_{reg.row}_{reg.col}", "rgb"), 0)
+        arr(
+            dec,
+            reg.name,
+            (d.frames, ph, pw, 3),
+            (min(d.frames, d.frames_per_chunk), ph, pw, 3),
+            "uint8",
+            ("pixel_frame", f"py_{reg.row}_{reg.col}", f"px_{reg.row}_{reg.col}", "rgb"),
+            0,
+        )
 
     root.attrs.update(
         {
@@ -134,7 +189,9 @@ class RenderStore:
     which keeps one handle per process (array metadata is immutable after creation).
     """
 
-    def __init__(self, url: str, *, instance: str | None = None, storage_options: dict | None = None, mode: str = "r+"):
+    def __init__(
+        self, url: str, *, instance: str | None = None, storage_options: dict | None = None, mode: str = "r+"
+    ):
         self.url = url
         self.mode = mode
         self.storage_options = storage_options
@@ -156,7 +213,9 @@ class RenderStore:
             raise FileNotFoundError(f"no render store at {url}") from None
 
     @classmethod
-    def cached(cls, url: str, instance: str, storage_options: dict | None = None, mode: str = "r+") -> RenderStore:
+    def cached(
+        cls, url: str, instance: str, storage_options: dict | None = None, mode: str = "r+"
+    ) -> RenderStore:
         key = (url, instance, json.dumps(storage_options, sort_keys=True), mode)
         with _CACHE_LOCK:
             store = _CACHE.get(key)
@@ -185,7 +244,9 @@ class RenderStore:
         return self.layout.stage(name)
 
     # -- tiles ----------------------------------------------------------------------------------
-    def write_tile(self, stage: str, name: str, step: int | None, row: int, col: int, data: np.ndarray) -> None:
+    def write_tile(
+        self, stage: str, name: str, step: int | None, row: int, col: int, data: np.ndarray
+    ) -> None:
         """Write the chunk of tile (row, col) of ``step``'s grid. ``data`` is ``(..., tile_h, tile_w)``
         without the step axis; ``name`` is ``latents``, ``start`` or ``state_<x>``."""
         st = self.stage(stage)
@@ -206,7 +267,10 @@ class RenderStore:
         middle = (slice(None),) * (a.ndim - len(lead) - 2)
         rows = []
         for ya, yn in _pieces(y0 - oy, h, st.canvas_h):
-            cols = [a[lead + middle + (slice(ya, ya + yn), slice(xa, xa + xn))] for xa, xn in _pieces(x0 - ox, w, st.canvas_w)]
+            cols = [
+                a[lead + middle + (slice(ya, ya + yn), slice(xa, xa + xn))]
+                for xa, xn in _pieces(x0 - ox, w, st.canvas_w)
+            ]
             rows.append(cols[0] if len(cols) == 1 else np.concatenate(cols, axis=-1))
         return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=-2)
 
@@ -284,7 +348,9 @@ class RenderStore:
             wy, wx = _blend_weights(reg, d)
             y0, x0, wh, ww = (v * d.scale for v in reg.window)
             weight = wy[:, None] * wx[None, :]
-            pix = self.array(f"decoded/{reg.name}").get_orthogonal_selection((index, slice(None), slice(None), slice(None)))
+            pix = self.array(f"decoded/{reg.name}").get_orthogonal_selection(
+                (index, slice(None), slice(None), slice(None))
+            )
             acc[:, y0 : y0 + wh, x0 : x0 + ww] += pix.astype(np.float32) * weight[None, :, :, None]
             wsum[y0 : y0 + wh, x0 : x0 + ww] += weight
         if np.any(wsum <= 0):

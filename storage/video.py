@@ -17,8 +17,10 @@ log = logging.getLogger(__name__)
 
 CODECS = {
     # name: (encoder, pixel format, default options)
-    "h264": ("libx264", "yuv420p", {"preset": "medium"}),
-    "lossless": ("libx264rgb", "rgb24", {"preset": "medium", "crf": "0"}),
+    # mbtree off: with it on, x264 (as bundled with PyAV) gave different bytes for the same frames
+    # from run to run (it reads memory it did not write); off, every run is bit-identical.
+    "h264": ("libx264", "yuv420p", {"preset": "medium", "x264-params": "mbtree=0"}),
+    "lossless": ("libx264rgb", "rgb24", {"preset": "medium", "crf": "0", "x264-params": "mbtree=0"}),
 }
 
 
@@ -46,7 +48,7 @@ def encode_video(
     ``codec="h264"`` writes H.264 in yuv420p (``crf`` sets quality, BT.709 tags); ``"lossless"``
     writes RGB H.264 at crf 0, which decodes to exactly the input. yuv420p needs even sizes: an odd
     height or width is padded by repeating the last row/column (logged), never an encoder crash.
-    ``threads`` is fixed, not "auto", so the same frames give the same bytes on any machine.
+    The same frames give the same bytes for a given ``threads`` (fixed, never "auto").
     """
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; allowed: {sorted(CODECS)}")
@@ -72,8 +74,16 @@ def encode_video(
                     h, w = frame.shape[:2]
                     if pix_fmt == "yuv420p" and (h % 2 or w % 2):
                         pad = (h % 2, w % 2)
-                        log.warning("padding %dx%d frames to even size %dx%d for yuv420p", w, h, w + pad[1], h + pad[0])
-                    stream = container.add_stream(encoder, rate=Fraction(fps).limit_denominator(1001), options=options)
+                        log.warning(
+                            "padding %dx%d frames to even size %dx%d for yuv420p",
+                            w,
+                            h,
+                            w + pad[1],
+                            h + pad[0],
+                        )
+                    stream = container.add_stream(
+                        encoder, rate=Fraction(fps).limit_denominator(1001), options=options
+                    )
                     stream.width, stream.height = w + pad[1], h + pad[0]
                     stream.pix_fmt = pix_fmt
                     if pix_fmt == "yuv420p":
@@ -119,4 +129,6 @@ def probe_video(path: str | Path) -> VideoInfo:
         stream = container.streams.video[0]
         cc = stream.codec_context
         frames = sum(1 for _ in container.decode(video=0))
-        return VideoInfo(str(path), cc.name, cc.pix_fmt, cc.width, cc.height, frames, float(stream.average_rate or 0))
+        return VideoInfo(
+            str(path), cc.name, cc.pix_fmt, cc.width, cc.height, frames, float(stream.average_rate or 0)
+        )

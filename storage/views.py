@@ -34,12 +34,21 @@ def _canvas_array(store: RenderStore, stage: str, name: str) -> da.Array:
         chunks = (1,) + chunks
     template = da.empty(a.shape, chunks=chunks, dtype=a.dtype)
     return da.map_blocks(
-        _read_block, template, store.url, store.instance, store.storage_options, stage, name,
-        dtype=a.dtype, meta=np.empty((0,) * a.ndim, dtype=a.dtype),
+        _read_block,
+        template,
+        store.url,
+        store.instance,
+        store.storage_options,
+        stage,
+        name,
+        dtype=a.dtype,
+        meta=np.empty((0,) * a.ndim, dtype=a.dtype),
     )
 
 
-def open_render(path: str, stage: str = "refine", crop: bool = True, storage_options: dict | None = None) -> xr.Dataset:
+def open_render(
+    path: str, stage: str = "refine", crop: bool = True, storage_options: dict | None = None
+) -> xr.Dataset:
     """Open one stage of a render as a lazy ``xarray.Dataset`` in canvas coordinates.
 
     Parameters

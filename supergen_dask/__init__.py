@@ -10,13 +10,21 @@ tile-addressed Zarr store. The public API:
 - ``make_cluster()`` / ``client_for()``: local CPU or dask-cuda clusters advertising a ``GPU`` resource.
 """
 
+from storage import RenderExistsError, open_render
 from supergen_dask import config as _config  # noqa: F401  (registers the supergen dask.config defaults)
 from supergen_dask.cluster import client_for, make_cluster
 from supergen_dask.geometry import ShiftSchedule, TileGrid, TileKey
-from supergen_dask.graph import RenderError, RenderResult, default_render_dir, load_plan, render, resume, run_render
+from supergen_dask.graph import (
+    RenderError,
+    RenderResult,
+    default_render_dir,
+    load_plan,
+    render,
+    resume,
+    run_render,
+)
 from supergen_dask.plan import RenderPlan, StagePlan, plan_render
 from supergen_dask.spec import CacheSettings, OutputSettings, RenderSpec, ShiftSettings, SpecError
-from storage import RenderExistsError, open_render
 
 __version__ = "0.1.0"
 

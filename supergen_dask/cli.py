@@ -1,10 +1,10 @@
 """``supergen``: render, resume and inspect renders from the command line.
 
-    supergen render --prompt "a red circle moving right"      # defaults run on a laptop CPU
-    supergen render --spec nightly.yaml --output-dir renders/x
-    supergen resume renders/a-red-circle-moving-right-1234abcd
-    supergen info renders/a-red-circle-moving-right-1234abcd
-    supergen models
+supergen render --prompt "a red circle moving right"      # defaults run on a laptop CPU
+supergen render --spec nightly.yaml --output-dir renders/x
+supergen resume renders/a-red-circle-moving-right-1234abcd
+supergen info renders/a-red-circle-moving-right-1234abcd
+supergen models
 """
 
 from __future__ import annotations
@@ -23,13 +23,17 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--address", help="connect to an existing Dask scheduler (tcp://host:8786)")
     g.add_argument("--workers", type=int, help="local workers (default: one per GPU, else 2 on CPU)")
     g.add_argument(
-        "--threads", action="store_true", help="run local CPU workers as threads of this process instead of processes"
+        "--threads",
+        action="store_true",
+        help="run local CPU workers as threads of this process instead of processes",
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="supergen", description="Ultra-high-resolution video, sketch + shifted tiles on Dask.")
+    parser = argparse.ArgumentParser(
+        prog="supergen", description="Ultra-high-resolution video, sketch + shifted tiles on Dask."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("render", help="render a video (resumes if the same spec was started before)")
@@ -87,8 +91,20 @@ def spec_from_args(args: argparse.Namespace):
 
     data: dict[str, Any] = _load_spec_file(args.spec) if args.spec else {}
     for name in (
-        "prompt", "negative_prompt", "height", "width", "num_frames", "num_inference_steps", "refine_steps",
-        "guidance_scale", "seed", "model", "scheduler", "dtype", "fps", "tile_policy",
+        "prompt",
+        "negative_prompt",
+        "height",
+        "width",
+        "num_frames",
+        "num_inference_steps",
+        "refine_steps",
+        "guidance_scale",
+        "seed",
+        "model",
+        "scheduler",
+        "dtype",
+        "fps",
+        "tile_policy",
     ):
         value = getattr(args, name)
         if value is not None:
@@ -134,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
 
             for name in available_models():
                 info = model_info(name)
-                print(f"{name}: native {info.native_width}x{info.native_height}, {info.native_frames} frames - {info.description}")
+                print(
+                    f"{name}: native {info.native_width}x{info.native_height}, {info.native_frames} frames - {info.description}"
+                )
             return 0
         if args.command == "info":
             from supergen_dask.graph import describe, dumps
@@ -157,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         print(plan.summary(), file=sys.stderr)
         print(f"render directory: {render_dir}", file=sys.stderr)
         kw = _cluster_kwargs(args)
-        with client_for(None, address=kw["address"], n_workers=kw["n_workers"], processes=kw["processes"]) as client:
+        with client_for(
+            None, address=kw["address"], n_workers=kw["n_workers"], processes=kw["processes"]
+        ) as client:
             result = run_render(plan, render_dir, client, progress=not args.no_progress, overwrite=overwrite)
         _print_result(result)
         return 0

@@ -36,6 +36,13 @@ def make_cluster(n_workers: int | None = None, processes: bool | None = None, gp
     extra), imported only here. Without: ``n_workers`` single-threaded CPU workers.
     """
     dashboard = config.get("cluster.dashboard-address")
+    # Every HTTP endpoint on localhost: the scheduler serves health routes even without a
+    # dashboard (on all interfaces, port 8787, unless told otherwise), and so do workers.
+    web = {
+        "dashboard_address": dashboard,
+        "worker_dashboard_address": "127.0.0.1:0",
+        "scheduler_kwargs": {} if dashboard else {"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+    }
     n_gpus = gpu_count() if gpu is None or gpu else 0
     if gpu and not n_gpus:
         raise RuntimeError("a GPU cluster was asked for but this machine has no CUDA device")
@@ -51,19 +58,21 @@ def make_cluster(n_workers: int | None = None, processes: bool | None = None, gp
             device_memory_limit=0,
             memory_limit=0,
             host="127.0.0.1",
-            dashboard_address=dashboard,
+            **web,
         )
     if n_workers is None:
         n_workers = config.get("cluster.n-workers") or max(1, min(2, os.cpu_count() or 1))
     if processes is None:
         processes = bool(config.get("cluster.processes"))
+    # Threads talk in-process; worker processes bind to localhost only.
+    network = {"host": "127.0.0.1"} if processes else {}
     return LocalCluster(
         n_workers=n_workers,
         threads_per_worker=1,
         processes=processes,
         resources={"GPU": 1},
-        host="127.0.0.1",
-        dashboard_address=dashboard,
+        **web,
+        **network,
     )
 
 

@@ -134,10 +134,10 @@ class TileGrid:
             Tile sides are multiples of this (the transformer's spatial patch size).
         policy
             ``"native"``: tiles of the native size (or of the canvas size on an axis shorter than
-            native), canvas padded up to a whole number of tiles. Of the two orientations (native
-            or transposed, same token count) the one that pads least is used; ties go to the
-            canvas's own orientation. ``"fit"``: tiles oriented like the canvas, as few per axis as
-            cover it without exceeding native, each shrunk to cover it with the least padding.
+            native), canvas padded up to a whole number of tiles. ``"fit"``: as few tiles per axis
+            as cover the canvas without exceeding native, each shrunk to cover it with the least
+            padding. Either way tiles take the canvas's orientation (native or transposed, the same
+            token count).
         """
         if min(height, width, native_h, native_w, multiple) <= 0:
             raise ValueError("sizes must be positive")
@@ -153,18 +153,14 @@ class TileGrid:
             tile = round_up(-(-valid // n), multiple)
             return tile, n * tile
 
-        # Orientation matching the canvas first: it wins ties, and is the only one "fit" uses.
-        orientations = [(native_h, native_w), (native_w, native_h)]
-        if (height >= width) != (native_h >= native_w):
-            orientations.reverse()
-        if policy == "fit" or native_h == native_w:
-            orientations = orientations[:1]
-        candidates = []
-        for rank, (nh, nw) in enumerate(orientations):
-            th, ch = axis(height, nh)
-            tw, cw = axis(width, nw)
-            candidates.append(((ch * cw, rank), cls(ch, cw, th, tw, height, width)))
-        return min(candidates, key=lambda c: c[0])[1]
+        # Tiles take the canvas's orientation (same token count): a portrait output on a landscape
+        # model gets portrait tiles instead of paying for landscape ones.
+        nh, nw = native_h, native_w
+        if (height > width and nh < nw) or (height < width and nh > nw):
+            nh, nw = nw, nh
+        th, ch = axis(height, nh)
+        tw, cw = axis(width, nw)
+        return cls(ch, cw, th, tw, height, width)
 
     def tiles(self) -> Iterator[tuple[int, int]]:
         """All (row, col) of the grid, row-major."""
@@ -179,9 +175,7 @@ class TileGrid:
             (col * self.tile_w + offset[1]) % self.canvas_w,
         )
 
-    def covering(
-        self, y0: int, x0: int, h: int, w: int, offset: tuple[int, int]
-    ) -> list[tuple[int, int]]:
+    def covering(self, y0: int, x0: int, h: int, w: int, offset: tuple[int, int]) -> list[tuple[int, int]]:
         """The tiles of the grid shifted by ``offset`` that a (wrapping) canvas window overlaps."""
         rows = axis_cover(y0, h, self.canvas_h, self.tile_h, offset[0])
         cols = axis_cover(x0, w, self.canvas_w, self.tile_w, offset[1])
@@ -243,6 +237,7 @@ class ShiftSchedule:
 
     def cycle_length(self) -> tuple[int, int]:
         """Shifts after which each axis returns to offset 0."""
+
         def period(stride: int, tile: int) -> int:
             return 1 if stride == 0 else tile // math.gcd(stride, tile)
 

@@ -31,7 +31,15 @@ from supergen_dask.geometry import TileKey
 from supergen_dask.plan import RenderPlan, plan_render
 from supergen_dask.spec import RenderSpec
 
-__all__ = ["RenderError", "RenderResult", "default_render_dir", "prepare_store", "run_render", "render", "resume"]
+__all__ = [
+    "RenderError",
+    "RenderResult",
+    "default_render_dir",
+    "prepare_store",
+    "run_render",
+    "render",
+    "resume",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +73,11 @@ class RenderResult:
 
     def summary(self) -> dict[str, Any]:
         tiles = [r for r in self.receipts if r.get("task") == "denoise" and not r.get("skipped")]
-        out: dict[str, Any] = {"session": self.session, "tasks_run": self.submitted, "tile_tasks_run": len(tiles)}
+        out: dict[str, Any] = {
+            "session": self.session,
+            "tasks_run": self.submitted,
+            "tile_tasks_run": len(tiles),
+        }
         if tiles:
             for k in ("seconds", "read_seconds", "forward_seconds", "write_seconds"):
                 out[f"tile_{k}_mean"] = sum(r[k] for r in tiles) / len(tiles)
@@ -87,7 +99,17 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for dist in ("supergen-dask", "torch", "diffusers", "dask", "distributed", "zarr", "xarray", "av", "numpy"):
+    for dist in (
+        "supergen-dask",
+        "torch",
+        "diffusers",
+        "dask",
+        "distributed",
+        "zarr",
+        "xarray",
+        "av",
+        "numpy",
+    ):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:
@@ -124,7 +146,9 @@ def prepare_store(plan: RenderPlan, render_dir: Path, overwrite: bool = False) -
             video.unlink()
     render_dir.mkdir(parents=True, exist_ok=True)
     attrs = {"spec": plan.spec.to_dict(), "plan": plan.to_dict(), "versions": _versions(), "sessions": []}
-    return create_render_store(str(store_path), plan.layout(), attrs, compressor=config.get("storage.compressor"))
+    return create_render_store(
+        str(store_path), plan.layout(), attrs, compressor=config.get("storage.compressor")
+    )
 
 
 class _Graph:
@@ -159,7 +183,9 @@ class _Graph:
         self.futures.append(fut)
         return fut
 
-    def named_task(self, name: str, fn: Callable, *args, deps=(), gpu: bool = True, priority: int = 0, force=False):
+    def named_task(
+        self, name: str, fn: Callable, *args, deps=(), gpu: bool = True, priority: int = 0, force=False
+    ):
         if self.store.task_is_done(name) and not force:
             return None
         key = (f"{name.split('_')[0]}-{self.run}", name)
@@ -194,7 +220,9 @@ class _Graph:
             init = self.named_task("sketch_init", tasks.init_stage, "sketch", priority=self.total_steps + 1)
             self.stage("sketch", init, prompt)
             last = [self.tiles.get(k) for k in plan.sketch.keys(plan.sketch.last)]
-            entry = self.named_task("upscale", tasks.upscale_sketch, deps=last, priority=self.total_steps - plan.refine.first + 1)
+            entry = self.named_task(
+                "upscale", tasks.upscale_sketch, deps=last, priority=self.total_steps - plan.refine.first + 1
+            )
         else:
             entry = self.named_task("refine_init", tasks.init_stage, "refine", priority=self.total_steps + 1)
         self.stage("refine", entry, prompt)
@@ -205,7 +233,9 @@ class _Graph:
             deps = [self.tiles.get(k) for k in rf.covering(rf.last, wy, wx, wh, ww)]
             decodes.append(self.named_task(f"decode_{reg.row}_{reg.col}", tasks.decode_region, i, deps=deps))
         if not self.video_path.exists():  # a lost video is re-encoded from the decoded regions
-            self.named_task("encode", tasks.encode_output, str(self.video_path), deps=decodes, gpu=False, force=True)
+            self.named_task(
+                "encode", tasks.encode_output, str(self.video_path), deps=decodes, gpu=False, force=True
+            )
 
 
 def _progress_bar(total: int, enabled: bool, desc: str):
@@ -244,8 +274,10 @@ def run_render(
         for fut in as_completed(graph.futures):
             if fut.status == "error":
                 exc = fut.exception()
-                raise RenderError(f"task {fut.key} failed: {exc!r}; finished work is kept, resume with "
-                                  f"`supergen resume {render_dir}`") from exc
+                raise RenderError(
+                    f"task {fut.key} failed: {exc!r}; finished work is kept, resume with "
+                    f"`supergen resume {render_dir}`"
+                ) from exc
             receipt = fut.result()
             receipts.append(receipt)
             if on_task is not None:
@@ -261,7 +293,10 @@ def run_render(
             client.cancel(graph.futures)
         workers = {str(int(zlib.crc32(r["worker"].encode()))): r["worker"] for r in receipts if "worker" in r}
         sessions[-1].update(
-            finished=_now(), status=status, tasks=len(graph.futures), seconds=round(time.perf_counter() - t0, 3),
+            finished=_now(),
+            status=status,
+            tasks=len(graph.futures),
+            seconds=round(time.perf_counter() - t0, 3),
             workers=workers,
         )
         store.update_attrs(sessions=sessions)

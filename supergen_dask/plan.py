@@ -251,7 +251,9 @@ def sketch_latent_size(valid_h: int, valid_w: int, info: ModelInfo) -> tuple[int
     return max(p, round(valid_h * scale / p) * p), max(p, round(valid_w * scale / p) * p)
 
 
-def decode_regions(valid_h: int, valid_w: int, core_h: int, core_w: int, margin: int) -> tuple[DecodeRegion, ...]:
+def decode_regions(
+    valid_h: int, valid_w: int, core_h: int, core_w: int, margin: int
+) -> tuple[DecodeRegion, ...]:
     """Cut the valid latent area into cores of ``core_h x core_w`` with ``margin`` cells of context."""
     regions = []
     for r, y in enumerate(range(0, valid_h, core_h)):
@@ -277,7 +279,9 @@ def plan_render(spec: RenderSpec) -> RenderPlan:
         raise SpecError("scheduler", str(exc)) from None
     timesteps = ref.timesteps()
     if len(timesteps) != T:
-        raise SpecError("num_inference_steps", f"scheduler {cls} produced {len(timesteps)} timesteps for {T} steps")
+        raise SpecError(
+            "num_inference_steps", f"scheduler {cls} produced {len(timesteps)} timesteps for {T} steps"
+        )
     frames = info.latent_frames(spec.num_frames)
     C = info.latent_channels
     vh, vw = spec.height // f, spec.width // f
@@ -289,7 +293,9 @@ def plan_render(spec: RenderSpec) -> RenderPlan:
     else:
         shift = ShiftSchedule.none(grid)
     refine_steps = tuple(range(T - k, T))
-    refine = StagePlan("refine", grid, shift, refine_steps, tuple(timesteps[i] for i in refine_steps), frames, C)
+    refine = StagePlan(
+        "refine", grid, shift, refine_steps, tuple(timesteps[i] for i in refine_steps), frames, C
+    )
 
     sketch = None
     if k < T:
@@ -301,7 +307,9 @@ def plan_render(spec: RenderSpec) -> RenderPlan:
             sh, sw = sketch_latent_size(vh, vw, info)
         sh, sw = round_up(sh, p), round_up(sw, p)
         sgrid = TileGrid.single(sh, sw)
-        sketch = StagePlan("sketch", sgrid, ShiftSchedule.none(sgrid), tuple(range(T)), tuple(timesteps), frames, C)
+        sketch = StagePlan(
+            "sketch", sgrid, ShiftSchedule.none(sgrid), tuple(range(T)), tuple(timesteps), frames, C
+        )
 
     return RenderPlan(
         spec=spec,

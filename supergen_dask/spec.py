@@ -182,7 +182,9 @@ class RenderSpec:
     # -- validation -----------------------------------------------------------------------------
     def model_info(self) -> ModelInfo:
         if not isinstance(self.model, str) or not self.model:
-            raise SpecError("model", f"must be a model name or directory; allowed names: {available_models()}")
+            raise SpecError(
+                "model", f"must be a model name or directory; allowed names: {available_models()}"
+            )
         try:
             return model_info(self.model)
         except UnknownModelError as exc:
@@ -211,7 +213,8 @@ class RenderSpec:
         _check_int("num_frames", num_frames, 1)
         if not info.frames_ok(num_frames):
             raise SpecError(
-                "num_frames", f"{num_frames} frames cannot be taken by {info.name}: allowed {info.allowed_frames_hint()}"
+                "num_frames",
+                f"{num_frames} frames cannot be taken by {info.name}: allowed {info.allowed_frames_hint()}",
             )
         steps = info.default_steps if self.num_inference_steps is None else self.num_inference_steps
         _check_int("num_inference_steps", steps, 1, 1000)
@@ -233,10 +236,14 @@ class RenderSpec:
             if value is not None:
                 _check_int(name, value, min_side)
                 if value % min_side:
-                    raise SpecError(name, f"must be a multiple of {min_side} (VAE factor x patch), got {value}")
+                    raise SpecError(
+                        name, f"must be a multiple of {min_side} (VAE factor x patch), got {value}"
+                    )
         if self.image is not None:
             if not info.supports_image:
-                raise SpecError("image", f"model {info.name} is text-to-video and takes no image; allowed: [None]")
+                raise SpecError(
+                    "image", f"model {info.name} is text-to-video and takes no image; allowed: [None]"
+                )
         for sub in (self.shift, self.cache, self.output):
             if not hasattr(sub, "validate"):
                 raise SpecError("spec", f"bad settings object {sub!r}")

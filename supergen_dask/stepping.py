@@ -81,7 +81,9 @@ def check_tileable(ref: SchedulerRef) -> None:
         )
     cfg = ref.config_dict()
     if cfg.get("thresholding"):
-        raise ValueError("dynamic thresholding is a whole-sample operation and cannot be tiled; set thresholding=False")
+        raise ValueError(
+            "dynamic thresholding is a whole-sample operation and cannot be tiled; set thresholding=False"
+        )
     if "sde" in str(cfg.get("algorithm_type", "")):
         raise ValueError("SDE solvers draw noise inside step(); use a deterministic algorithm_type")
 
@@ -144,9 +146,13 @@ class RegionStep:
                 setattr(self.scheduler, name, have[0])
 
     def scale_model_input(self, sample: torch.Tensor) -> torch.Tensor:
-        return self.scheduler.scale_model_input(sample, self.timestep)
+        """The scheduler's input scaling (identity for flow matching, which has none)."""
+        scale = getattr(self.scheduler, "scale_model_input", None)
+        return sample if scale is None else scale(sample, self.timestep)
 
-    def step(self, model_output: torch.Tensor, sample: torch.Tensor) -> tuple[torch.Tensor, dict[str, dict[int, torch.Tensor]]]:
+    def step(
+        self, model_output: torch.Tensor, sample: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, dict[int, torch.Tensor]]]:
         """One update of this region. Returns ``(new_sample, state_to_store)``."""
         new = self.scheduler.step(model_output, self.timestep, sample, return_dict=False)[0]
         state: dict[str, dict[int, torch.Tensor]] = {}
@@ -173,4 +179,4 @@ def renoise(ref: SchedulerRef, begin: int, clean: torch.Tensor, noise: torch.Ten
 
 def initial_noise_sigma(ref: SchedulerRef) -> float:
     """Scale of pure noise at the start of the schedule (``init_noise_sigma``)."""
-    return float(ref.build().init_noise_sigma)
+    return float(getattr(ref.build(), "init_noise_sigma", 1.0))

@@ -113,7 +113,9 @@ def init_stage(plan: RenderPlan, url: str, instance: str, stage_name: str, *deps
         return _receipt("init", task, t0, skipped=True)
     st = plan.stage(stage_name)
     g = st.grid
-    noise = position_noise(plan.spec.seed, stage_name, st.latent_frames, st.channels, 0, 0, g.canvas_h, g.canvas_w)
+    noise = position_noise(
+        plan.spec.seed, stage_name, st.latent_frames, st.channels, 0, 0, g.canvas_h, g.canvas_w
+    )
     canvas = (noise * initial_noise_sigma(plan.scheduler)).permute(1, 0, 2, 3)[None]
     _write_start(store, st, canvas, plan.spec.output.store_dtype)
     store.mark_task_done(task)
@@ -148,7 +150,9 @@ def upscale_sketch(plan: RenderPlan, url: str, instance: str, *deps) -> dict:
     if tuple(z.shape[2:]) != expected:
         raise RuntimeError(f"VAE encode gave latents {tuple(z.shape)}, expected (*, *, {expected})")
     g = rf.grid
-    noise = position_noise(plan.spec.seed, "refine", rf.latent_frames, rf.channels, 0, 0, g.canvas_h, g.canvas_w)
+    noise = position_noise(
+        plan.spec.seed, "refine", rf.latent_frames, rf.channels, 0, 0, g.canvas_h, g.canvas_w
+    )
     noise = noise.permute(1, 0, 2, 3)[None].to(z.device)
     start = renoise(plan.scheduler, rf.first, z.float(), noise)
     _write_start(store, rf, start, plan.spec.output.store_dtype)
@@ -205,7 +209,9 @@ def denoise_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, sessio
     dtype = plan.spec.output.store_dtype
     slots = plan.state_slots
     for sname, values in new_state.items():
-        arr = np.full((slots[sname], st.latent_frames, st.channels, g.tile_h, g.tile_w), np.nan, dtype=np.float32)
+        arr = np.full(
+            (slots[sname], st.latent_frames, st.channels, g.tile_h, g.tile_w), np.nan, dtype=np.float32
+        )
         for s, v in values.items():
             arr[s] = _to_store(v, "float32")
         store.write_tile(key.stage, f"state_{sname}", key.step, key.row, key.col, arr)

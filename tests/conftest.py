@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny specs, local clusters, and comparisons of whole renders."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from distributed import Client
+
+from supergen_dask import RenderSpec, ShiftSettings
+from supergen_dask.cluster import make_cluster
+
+TINY = dict(model="tiny-random-wan", num_frames=9, guidance_scale=5.0, seed=7)
+
+
+def tiny_spec(**overrides) -> RenderSpec:
+    """A render that takes seconds on a CPU: 2x2 tiles of the tiny random Wan, 6 steps, k=4."""
+    fields = dict(
+        TINY, prompt="a red circle moving right", height=128, width=128, num_inference_steps=6, refine_steps=4
+    )
+    fields.update(overrides)
+    return RenderSpec(**fields)
+
+
+@contextlib.contextmanager
+def local_client(n_workers: int = 2, processes: bool = False):
+    """A local cluster from the project's own factory (CPU, ``GPU`` resource advertised)."""
+    with (
+        make_cluster(n_workers=n_workers, processes=processes, gpu=False) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+@pytest.fixture(scope="session")
+def client():
+    """A shared in-process cluster of two single-threaded workers."""
+    with local_client(2) as c:
+        yield c
+
+
+def store_arrays(store_path: Path) -> dict[str, np.ndarray]:
+    """Every data array of a render store (not the timing stats, which differ run to run)."""
+    root = zarr.open_group(str(store_path), mode="r")
+    out = {}
+    for path, arr in root.arrays():
+        out[path] = arr[...]
+    for name, group in root.groups():
+        for path, arr in group.arrays():
+            if path in ("tile_stats",):
+                continue
+            out[f"{name}/{path}"] = arr[...]
+    return out
+
+
+def assert_renders_identical(a: Path, b: Path) -> None:
+    """Bit-identical latents, scheduler state, pixels and video bytes."""
+    xa, xb = store_arrays(a / "render.zarr"), store_arrays(b / "render.zarr")
+    assert sorted(xa) == sorted(xb)
+    for name in xa:
+        assert np.array_equal(xa[name], xb[name], equal_nan=True), f"{name} differs"
+    assert (a / "video.mp4").read_bytes() == (b / "video.mp4").read_bytes(), "video bytes differ"
+
+
+__all__ = ["TINY", "tiny_spec", "local_client", "store_arrays", "assert_renders_identical", "ShiftSettings"]

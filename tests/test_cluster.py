@@ -1,0 +1,44 @@
+"""The cluster factory: CPU clusters advertise a GPU resource and listen on localhost only."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+import pytest
+from distributed import Client
+
+from supergen_dask.cluster import client_for, gpu_count, make_cluster
+
+
+def _listening(pids) -> set[str]:
+    out = set()
+    for pid in pids:
+        for conn in psutil.Process(pid).net_connections():
+            if conn.status == psutil.CONN_LISTEN:
+                out.add(conn.laddr.ip)
+    return out
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_cpu_cluster_advertises_gpu_and_binds_localhost(processes):
+    with make_cluster(n_workers=2, processes=processes, gpu=False) as cluster, Client(cluster) as client:
+        info = client.scheduler_info()["workers"]
+        assert len(info) == 2
+        assert all(w["resources"] == {"GPU": 1} for w in info.values())
+        assert client.submit(lambda: 41 + 1, resources={"GPU": 1}).result() == 42
+        pids = {os.getpid()} | set(client.run(os.getpid).values())
+        assert _listening(pids) <= {"127.0.0.1"}
+
+
+def test_asking_for_gpus_without_any_is_a_clear_error():
+    if gpu_count():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        make_cluster(gpu=True)
+
+
+def test_client_for_reuses_a_given_client():
+    with make_cluster(n_workers=1, processes=False, gpu=False) as cluster, Client(cluster) as client:
+        with client_for(client) as same:
+            assert same is client

@@ -1,0 +1,157 @@
+"""Tile geometry on the torus: property tests over arbitrary canvases, tiles and shifts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from supergen_dask.geometry import ShiftSchedule, TileGrid, axis_cover
+from supergen_dask.plan import decode_regions
+
+sizes = st.integers(min_value=1, max_value=300)
+natives = st.integers(min_value=2, max_value=120)
+
+
+def coverage(grid: TileGrid, offset: tuple[int, int]) -> np.ndarray:
+    """How many tiles of the shifted grid cover each canvas cell."""
+    count = np.zeros((grid.canvas_h, grid.canvas_w), dtype=int)
+    for r, c in grid.tiles():
+        y0, x0 = grid.origin(r, c, offset)
+        ys = (y0 + np.arange(grid.tile_h)) % grid.canvas_h
+        xs = (x0 + np.arange(grid.tile_w)) % grid.canvas_w
+        count[np.ix_(ys, xs)] += 1
+    return count
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    h=sizes,
+    w=sizes,
+    nh=natives,
+    nw=natives,
+    patch=st.sampled_from([1, 2]),
+    policy=st.sampled_from(["native", "fit"]),
+)
+def test_grid_covers_canvas_and_tiles_stay_native(h, w, nh, nw, patch, policy):
+    g = TileGrid.for_canvas(h, w, nh, nw, multiple=patch, policy=policy)
+    assert g.canvas_h >= h and g.canvas_w >= w
+    assert g.canvas_h % g.tile_h == 0 and g.canvas_w % g.tile_w == 0
+    assert g.tile_h % patch == 0 and g.tile_w % patch == 0
+    # never more tokens than the model's native tile (allowing the patch rounding of tiny natives)
+    limit = max(nh, patch) * max(nw, patch)
+    assert g.tile_h * g.tile_w <= limit + patch * (nh + nw + patch)
+    # padding is less than one tile per axis
+    assert g.canvas_h - h < g.tile_h and g.canvas_w - w < g.tile_w
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    h=st.integers(1, 120),
+    w=st.integers(1, 120),
+    nh=st.integers(2, 40),
+    nw=st.integers(2, 40),
+    divisions=st.integers(1, 20),
+    every=st.integers(1, 3),
+    steps=st.integers(1, 40),
+)
+def test_every_step_partitions_the_canvas_exactly_once(h, w, nh, nw, divisions, every, steps):
+    g = TileGrid.for_canvas(h, w, nh, nw, multiple=2)
+    shift = ShiftSchedule.for_grid(g, divisions=divisions, every=every)
+    for i in range(steps):
+        assert np.all(coverage(g, shift.offset(i)) == 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(tile_h=st.integers(2, 200), tile_w=st.integers(2, 200), sy=st.integers(1, 50), sx=st.integers(1, 50))
+def test_each_axis_visits_every_offset_of_its_cycle(tile_h, tile_w, sy, sx):
+    s = ShiftSchedule(tile_h, tile_w, sy % tile_h, sx % tile_w)
+    cy, cx = s.cycle_length()
+    ys = {s.offset(i)[0] for i in range(cy)}
+    xs = {s.offset(i)[1] for i in range(cx)}
+    gy = math.gcd(s.stride_y, tile_h) if s.stride_y else tile_h
+    gx = math.gcd(s.stride_x, tile_w) if s.stride_x else tile_w
+    assert ys == set(range(0, tile_h, gy))
+    assert xs == set(range(0, tile_w, gx))
+    assert s.offset(cy)[0] == 0 and s.offset(cx)[1] == 0
+
+
+def test_supergen_default_visits_offsets_a_shared_modulus_misses():
+    # SuperGen's 90x160 latent tile with loop_step 16: strides 5 and 10. A shared modulus of 16
+    # never reaches vertical offsets 80 and 85; per-axis cycles do.
+    g = TileGrid(180, 320, 90, 160, 180, 320)
+    s = ShiftSchedule.for_grid(g, divisions=16)
+    assert (s.stride_y, s.stride_x) == (5, 10)
+    visited = {s.offset(i)[0] for i in range(s.cycle_length()[0])}
+    assert {80, 85} <= visited
+    shared = {(i % 16) * 5 for i in range(100)}
+    assert 80 not in shared
+
+
+@pytest.mark.parametrize(
+    "px, native, tiles",
+    [
+        ((1080, 1920), (480, 832), (3, 3)),  # 1080p
+        ((1440, 2560), (480, 832), (3, 4)),  # 2K
+        ((2160, 3840), (480, 832), (5, 5)),  # 4K
+        ((4320, 7680), (480, 832), (9, 10)),  # 8K
+        ((1920, 1080), (480, 832), (3, 3)),  # portrait 1080p: portrait tiles
+        ((720, 1280), (720, 1280), (1, 1)),  # native
+    ],
+)
+def test_common_outputs_get_a_grid(px, native, tiles):
+    f = 8
+    g = TileGrid.for_canvas(px[0] // f, px[1] // f, native[0] // f, native[1] // f, multiple=2)
+    assert (g.rows, g.cols) == tiles
+    assert (g.valid_h, g.valid_w) == (px[0] // f, px[1] // f)
+
+
+def test_fit_policy_has_no_padding_for_4k():
+    g = TileGrid.for_canvas(270, 480, 60, 104, multiple=2, policy="fit")
+    assert (g.canvas_h, g.canvas_w) == (270, 480)
+    assert g.tile_h <= 60 and g.tile_w <= 104
+
+
+def test_single_tile_axis_is_never_shifted():
+    g = TileGrid.for_canvas(60, 300, 60, 104, multiple=2)
+    assert g.rows == 1
+    s = ShiftSchedule.for_grid(g)
+    assert all(s.offset(i)[0] == 0 for i in range(50))
+    assert s.stride_x > 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(size=st.integers(2, 200), data=st.data())
+def test_axis_cover_matches_brute_force(size, data):
+    tile = data.draw(st.sampled_from([d for d in range(1, size + 1) if size % d == 0]))
+    offset = data.draw(st.integers(0, size - 1))
+    start = data.draw(st.integers(-size, 2 * size))
+    length = data.draw(st.integers(1, size))
+    expected = []
+    for k in range(length):
+        idx = ((start + k - offset) % size) // tile
+        if idx not in expected:
+            expected.append(idx)
+    assert axis_cover(start, length, size, tile, offset) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    h=st.integers(1, 80),
+    w=st.integers(1, 80),
+    ch=st.integers(1, 30),
+    cw=st.integers(1, 30),
+    m=st.integers(0, 6),
+)
+def test_decode_cores_partition_the_valid_area(h, w, ch, cw, m):
+    count = np.zeros((h, w), dtype=int)
+    for reg in decode_regions(h, w, ch, cw, m):
+        y, x, rh, rw = reg.core
+        wy, wx, wh, ww = reg.window
+        count[y : y + rh, x : x + rw] += 1
+        assert wy <= y and wx <= x and wy + wh >= y + rh and wx + ww >= x + rw
+        assert 0 <= wy and 0 <= wx and wy + wh <= h and wx + ww <= w
+    assert np.all(count == 1)

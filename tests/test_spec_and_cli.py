@@ -1,0 +1,132 @@
+"""Specs, plans and the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import tiny_spec
+
+from supergen_dask import RenderSpec, SpecError, plan_render
+from supergen_dask.cli import main
+
+
+def test_resolution_fills_model_defaults_and_is_stable():
+    spec = RenderSpec(prompt="a red circle").resolved()
+    assert (spec.height, spec.width, spec.num_frames, spec.num_inference_steps) == (128, 128, 9, 10)
+    assert spec.refine_steps == 9 and spec.guidance_scale == 5.0 and spec.fps == 8
+    assert spec.resolved() == spec and spec.token() == RenderSpec(prompt="a red circle").resolved().token()
+    assert spec.token() != spec.replace(seed=1).token()
+
+
+def test_spec_files_reject_unknown_fields():
+    with pytest.raises(SpecError, match="unknown field") as info:
+        RenderSpec.from_dict({"prompt": "x", "colour": "red"})
+    assert info.value.field == "colour"
+    with pytest.raises(SpecError) as info:
+        RenderSpec.from_dict({"prompt": "x", "shift": {"stride": 3}})
+    assert info.value.field == "shift.stride"
+    with pytest.raises(SpecError, match="required"):
+        RenderSpec.from_dict({"seed": 1})
+
+
+def test_cache_is_refused_until_it_exists():
+    with pytest.raises(SpecError) as info:
+        plan_render(
+            RenderSpec(
+                prompt="x",
+                cache={"enabled": True} and __import__("supergen_dask").CacheSettings(enabled=True),
+            )
+        )
+    assert info.value.field == "cache.enabled"
+
+
+def test_k_equal_to_steps_skips_the_sketch():
+    plan = plan_render(tiny_spec(refine_steps=6))
+    assert plan.sketch is None and plan.refine.steps == tuple(range(6))
+    assert "refine_init" in plan.tasks and "upscale" not in plan.tasks
+
+
+def test_portrait_and_odd_aspects_plan():
+    plan = plan_render(tiny_spec(height=200, width=72))
+    g = plan.refine.grid
+    assert (g.valid_h, g.valid_w) == (25, 9)
+    assert g.canvas_h >= 25 and g.canvas_w >= 9 and g.tile_h >= g.tile_w
+
+
+def test_cli_render_info_and_errors(tmp_path, capsys):
+    out = tmp_path / "r"
+    args = [
+        "render",
+        "--prompt",
+        "a green square moving up",
+        "--height",
+        "64",
+        "--width",
+        "128",
+        "--num-frames",
+        "5",
+        "--num-inference-steps",
+        "4",
+        "--refine-steps",
+        "3",
+        "--output-dir",
+        str(out),
+        "--threads",
+        "--workers",
+        "1",
+        "--no-progress",
+        "--lossless",
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"video: {out / 'video.mp4'}" in printed and (out / "video.mp4").exists()
+    assert main(["info", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["progress"]["refine"] == "6/6 tiles" and info["progress"]["encode"] is True
+    assert main(["render", "--prompt", "x", "--height", "65", "--output-dir", str(tmp_path / "bad")]) == 2
+    assert "height" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(["models"]) == 0 and "tiny-random-wan" in capsys.readouterr().out
+
+
+def test_cli_spec_file_with_overrides(tmp_path, capsys):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(
+        yaml.safe_dump(
+            {
+                "prompt": "a cyan circle moving down",
+                "height": 64,
+                "width": 64,
+                "num_frames": 5,
+                "num_inference_steps": 3,
+                "refine_steps": 2,
+                "shift": {"divisions": 4},
+            }
+        )
+    )
+    out = tmp_path / "r"
+    assert (
+        main(
+            [
+                "render",
+                "--spec",
+                str(spec_file),
+                "--seed",
+                "11",
+                "--output-dir",
+                str(out),
+                "--threads",
+                "--workers",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    stored = json.loads(
+        json.dumps(__import__("storage").RenderStore.open(str(out / "render.zarr")).attrs["spec"])
+    )
+    assert (
+        stored["seed"] == 11 and stored["shift"]["divisions"] == 4 and stored["prompt"].startswith("a cyan")
+    )

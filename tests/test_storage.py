@@ -1,0 +1,121 @@
+"""The tile-addressed store: rolled chunks, wrapping reads, markers, blending of decoded regions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from storage import (
+    DecodeLayout,
+    RenderExistsError,
+    RenderLayout,
+    RenderStore,
+    StageLayout,
+    create_render_store,
+)
+from supergen_dask.plan import decode_regions
+
+
+def _layout(offsets=((0, 0), (3, 5), (7, 2)), canvas=(16, 24), tile=(8, 8), valid=(12, 20)):
+    st_ = StageLayout(
+        name="refine",
+        frames=2,
+        channels=3,
+        canvas_h=canvas[0],
+        canvas_w=canvas[1],
+        tile_h=tile[0],
+        tile_w=tile[1],
+        valid_h=valid[0],
+        valid_w=valid[1],
+        steps=(4, 5, 6),
+        timesteps=(900.0, 700.0, 500.0),
+        offsets=offsets,
+        state_slots=(("model_outputs", 2),),
+    )
+    dec = DecodeLayout(
+        frames=5, scale=2, valid_h=valid[0], valid_w=valid[1], regions=decode_regions(*valid, 8, 8, 2)
+    )
+    return RenderLayout(stages=(st_,), decode=dec, embed_tokens=4, embed_dim=6, tasks=("prompt", "encode"))
+
+
+def _write_canvas(store, step, canvas):
+    """Write a full canvas as the tiles of ``step``'s shifted grid (what the tasks do)."""
+    st_ = store.stage("refine")
+    oy, ox = st_.offset_of(step)
+    rolled = np.roll(canvas, (-oy, -ox), (-2, -1))
+    for r in range(st_.rows):
+        for c in range(st_.cols):
+            tile = rolled[..., r * st_.tile_h : (r + 1) * st_.tile_h, c * st_.tile_w : (c + 1) * st_.tile_w]
+            store.write_tile("refine", "latents", step, r, c, tile)
+
+
+def test_tiles_are_chunks_and_reads_wrap(tmp_path):
+    store = create_render_store(str(tmp_path / "s.zarr"), _layout(), {"spec": {}})
+    rng = np.random.default_rng(0)
+    canvases = {}
+    for step in (4, 5, 6):
+        canvases[step] = rng.standard_normal((2, 3, 16, 24)).astype(np.float32)
+        _write_canvas(store, step, canvases[step])
+        np.testing.assert_array_equal(store.read_canvas("refine", "latents", step), canvases[step])
+    # a window that wraps both edges
+    got = store.read_region("refine", "latents", 5, 13, 21, 8, 8)
+    want = np.roll(canvases[5], (-13, -21), (-2, -1))[..., :8, :8]
+    np.testing.assert_array_equal(got, want)
+    # one tile write == one chunk file per step (no shared chunks between tiles)
+    chunks = list((tmp_path / "s.zarr" / "refine" / "latents" / "c").rglob("*"))
+    assert len([c for c in chunks if c.is_file()]) == 3 * 2 * 3
+
+
+@settings(max_examples=40, deadline=None)
+@given(y0=st.integers(-30, 60), x0=st.integers(-30, 60), h=st.integers(1, 16), w=st.integers(1, 24))
+def test_read_region_matches_numpy_roll(tmp_path_factory, y0, x0, h, w):
+    path = tmp_path_factory.mktemp("s") / "s.zarr"
+    store = create_render_store(str(path), _layout(), {})
+    canvas = np.arange(2 * 3 * 16 * 24, dtype=np.float32).reshape(2, 3, 16, 24)
+    _write_canvas(store, 6, canvas)
+    want = np.roll(canvas, (-y0, -x0), (-2, -1))[..., :h, :w]
+    np.testing.assert_array_equal(store.read_region("refine", "latents", 6, y0, x0, h, w), want)
+
+
+def test_markers_stats_and_refusals(tmp_path):
+    url = str(tmp_path / "s.zarr")
+    store = create_render_store(url, _layout(), {"spec": {"a": 1}})
+    assert not store.done_mask("refine").any()
+    store.mark_done("refine", 5, 1, 2, {"seconds": 1.5, "session": 1})
+    assert store.is_done("refine", 5, 1, 2) and store.done_mask("refine").sum() == 1
+    assert store.tile_stats("refine")["seconds"][1, 1, 2] == 1.5
+    with pytest.raises(KeyError):
+        store.mark_done("refine", 5, 0, 0, {"bogus": 1})
+    with pytest.raises(KeyError, match="no step"):
+        store.is_done("refine", 99, 0, 0)
+    store.mark_task_done("prompt")
+    assert store.tasks_done() == {"prompt": True, "encode": False}
+    with pytest.raises(RenderExistsError):
+        create_render_store(url, _layout(), {})
+    assert RenderStore.open(url).attrs["spec"] == {"a": 1}  # untouched by the refused create
+    with pytest.raises(FileNotFoundError):
+        RenderStore.open(str(tmp_path / "missing.zarr"))
+
+
+def test_decoded_regions_blend_to_the_frame(tmp_path):
+    layout = _layout()
+    store = create_render_store(str(tmp_path / "s.zarr"), layout, {})
+    d = layout.decode
+    H, W = d.valid_h * d.scale, d.valid_w * d.scale
+    truth = np.random.default_rng(1).integers(0, 256, (d.frames, H, W, 3), dtype=np.uint8)
+    for reg in d.regions:
+        wy, wx, wh, ww = (v * d.scale for v in reg.window)
+        store.write_region_pixels(reg, truth[:, wy : wy + wh, wx : wx + ww])
+    # regions that agree on their overlaps blend back to exactly the frame
+    np.testing.assert_array_equal(store.decoded_frames(), truth)
+    np.testing.assert_array_equal(np.stack(list(store.iter_decoded(chunk=2))), truth)
+    # where neighbours disagree the blend is a smooth mix, bounded by the two decodes
+    reg = d.regions[0]
+    wy, wx, wh, ww = (v * d.scale for v in reg.window)
+    store.write_region_pixels(reg, np.zeros((d.frames, wh, ww, 3), np.uint8))
+    out = store.decoded_frames()
+    cy, cx, ch, cw = (v * d.scale for v in reg.core)
+    assert np.all(out[:, : cy + ch - 2 * d.scale, : cx + cw - 2 * d.scale] == 0)
+    assert np.all(out <= truth)
