@@ -24,7 +24,16 @@ from storage.layout import DecodeRegion, RenderLayout, StageLayout
 
 __all__ = ["STAT_FIELDS", "RenderStore", "RenderExistsError", "create_render_store"]
 
-STAT_FIELDS = ("seconds", "read_seconds", "forward_seconds", "write_seconds", "session", "worker", "computed")
+STAT_FIELDS = (
+    "started",
+    "seconds",
+    "read_seconds",
+    "forward_seconds",
+    "write_seconds",
+    "session",
+    "worker",
+    "computed",
+)
 
 _FORMAT = "supergen-render/1"
 

@@ -6,6 +6,7 @@ tile-addressed Zarr store. The public API:
 - ``RenderSpec`` (+ ``ShiftSettings``, ``CacheSettings``, ``OutputSettings``): what to render;
 - ``plan_render(spec)`` -> ``RenderPlan``: validated, pure, serialisable;
 - ``render(spec, output_dir=None, client=None)`` / ``resume(render_dir)`` -> ``RenderResult``;
+- ``start_render(plan, dir, client)`` -> ``RenderJob`` (non-blocking) and ``render_batch(specs, client)``;
 - ``open_render(store_path, stage="refine")`` -> lazy ``xarray.Dataset`` of the latents;
 - ``make_cluster()`` / ``client_for()``: local CPU or dask-cuda clusters advertising a ``GPU`` resource.
 """
@@ -16,12 +17,15 @@ from supergen_dask.cluster import client_for, make_cluster
 from supergen_dask.geometry import ShiftSchedule, TileGrid, TileKey
 from supergen_dask.graph import (
     RenderError,
+    RenderJob,
     RenderResult,
     default_render_dir,
     load_plan,
     render,
+    render_batch,
     resume,
     run_render,
+    start_render,
 )
 from supergen_dask.plan import RenderPlan, StagePlan, plan_render
 from supergen_dask.spec import CacheSettings, OutputSettings, RenderSpec, ShiftSettings, SpecError
@@ -33,6 +37,7 @@ __all__ = [
     "OutputSettings",
     "RenderError",
     "RenderExistsError",
+    "RenderJob",
     "RenderPlan",
     "RenderResult",
     "RenderSpec",
@@ -49,6 +54,8 @@ __all__ = [
     "open_render",
     "plan_render",
     "render",
+    "render_batch",
     "resume",
     "run_render",
+    "start_render",
 ]

@@ -246,6 +246,82 @@ def _progress_bar(total: int, enabled: bool, desc: str):
     return tqdm(total=total, desc=desc, unit="task", file=sys.stderr, dynamic_ncols=True)
 
 
+class RenderJob:
+    """A render whose tasks are on the cluster. ``wait()`` follows it to the end.
+
+    Several jobs can run at once on one client (a notebook batch): start them all, then wait.
+    """
+
+    def __init__(self, plan: RenderPlan, render_dir: Path, client: Client, overwrite: bool = False):
+        self.plan = plan
+        self.render_dir = Path(render_dir)
+        self.client = client
+        self.store = prepare_store(plan, self.render_dir, overwrite=overwrite)
+        self._sessions = list(self.store.attrs.get("sessions", []))
+        self.session = len(self._sessions) + 1
+        self._sessions.append({"session": self.session, "started": _now(), "status": "running"})
+        self.store.update_attrs(sessions=self._sessions)
+        self.video_path = self.render_dir / VIDEO_NAME
+        self._t0 = time.perf_counter()
+        graph = _Graph(client, plan, self.store, self.session, self.video_path)
+        graph.build()
+        self.futures: list[Future] = graph.futures
+
+    def progress(self) -> tuple[int, int]:
+        """(finished tasks, tasks submitted in this session)."""
+        return sum(f.done() for f in self.futures), len(self.futures)
+
+    def wait(self, progress: bool = True, on_task: Callable[[dict], None] | None = None) -> RenderResult:
+        """Block until every task is done; raise ``RenderError`` (finished work kept) if one fails."""
+        receipts: list[dict] = []
+        bar = _progress_bar(len(self.futures), progress, f"render {self.render_dir.name}")
+        status = "failed"
+        try:
+            for fut in as_completed(self.futures):
+                if fut.status == "error":
+                    exc = fut.exception()
+                    raise RenderError(
+                        f"task {fut.key} failed: {exc!r}; finished work is kept, resume with "
+                        f"`supergen resume {self.render_dir}`"
+                    ) from exc
+                receipt = fut.result()
+                receipts.append(receipt)
+                if on_task is not None:
+                    on_task(receipt)
+                if bar is not None:
+                    bar.set_postfix_str(receipt.get("name", ""), refresh=False)
+                    bar.update(1)
+            status = "finished"
+        finally:
+            if bar is not None:
+                bar.close()
+            if status != "finished":
+                self.client.cancel(self.futures)
+            workers = {
+                str(int(zlib.crc32(r["worker"].encode()))): r["worker"] for r in receipts if "worker" in r
+            }
+            self._sessions[-1].update(
+                finished=_now(),
+                status=status,
+                tasks=len(self.futures),
+                seconds=round(time.perf_counter() - self._t0, 3),
+                workers=workers,
+            )
+            self.store.update_attrs(sessions=self._sessions)
+            for fut in self.futures:
+                fut.release()
+        return RenderResult(
+            self.render_dir, self.render_dir / STORE_NAME, self.video_path, self.plan, self.session, receipts
+        )
+
+
+def start_render(
+    plan: RenderPlan, render_dir: str | Path, client: Client, *, overwrite: bool = False
+) -> RenderJob:
+    """Create (or reopen) the store and submit every unfinished task; returns at once."""
+    return RenderJob(plan, Path(render_dir), client, overwrite=overwrite)
+
+
 def run_render(
     plan: RenderPlan,
     render_dir: str | Path,
@@ -256,53 +332,27 @@ def run_render(
     on_task: Callable[[dict], None] | None = None,
 ) -> RenderResult:
     """Run (or resume) ``plan`` in ``render_dir`` on ``client``'s cluster and wait for it."""
-    render_dir = Path(render_dir)
-    store = prepare_store(plan, render_dir, overwrite=overwrite)
-    sessions = list(store.attrs.get("sessions", []))
-    session = len(sessions) + 1
-    sessions.append({"session": session, "started": _now(), "status": "running"})
-    store.update_attrs(sessions=sessions)
-    video_path = render_dir / VIDEO_NAME
+    return start_render(plan, render_dir, client, overwrite=overwrite).wait(
+        progress=progress, on_task=on_task
+    )
 
-    graph = _Graph(client, plan, store, session, video_path)
-    graph.build()
-    receipts: list[dict] = []
-    bar = _progress_bar(len(graph.futures), progress, f"render {render_dir.name}")
-    status = "failed"
-    t0 = time.perf_counter()
-    try:
-        for fut in as_completed(graph.futures):
-            if fut.status == "error":
-                exc = fut.exception()
-                raise RenderError(
-                    f"task {fut.key} failed: {exc!r}; finished work is kept, resume with "
-                    f"`supergen resume {render_dir}`"
-                ) from exc
-            receipt = fut.result()
-            receipts.append(receipt)
-            if on_task is not None:
-                on_task(receipt)
-            if bar is not None:
-                bar.set_postfix_str(receipt.get("name", ""), refresh=False)
-                bar.update(1)
-        status = "finished"
-    finally:
-        if bar is not None:
-            bar.close()
-        if status != "finished":
-            client.cancel(graph.futures)
-        workers = {str(int(zlib.crc32(r["worker"].encode()))): r["worker"] for r in receipts if "worker" in r}
-        sessions[-1].update(
-            finished=_now(),
-            status=status,
-            tasks=len(graph.futures),
-            seconds=round(time.perf_counter() - t0, 3),
-            workers=workers,
-        )
-        store.update_attrs(sessions=sessions)
-        for fut in graph.futures:
-            fut.release()
-    return RenderResult(render_dir, render_dir / STORE_NAME, video_path, plan, session, receipts)
+
+def render_batch(
+    specs: list[RenderSpec],
+    client: Client,
+    root: str | Path | None = None,
+    *,
+    progress: bool = True,
+) -> list[RenderResult]:
+    """Render several specs at once on one cluster (their tasks interleave), each in its default
+    directory under ``root``. Every spec is validated before anything is submitted."""
+    plans = [plan_render(s) for s in specs]
+    jobs: dict[str, RenderJob] = {}
+    for plan in plans:
+        if plan.token not in jobs:  # the same spec twice is one render
+            jobs[plan.token] = start_render(plan, default_render_dir(plan, root), client)
+    done = {token: job.wait(progress=progress) for token, job in jobs.items()}
+    return [done[p.token] for p in plans]
 
 
 def render(

@@ -165,7 +165,7 @@ def denoise_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, sessio
     """One denoising step of one tile: read the tile's window of the previous step (and the
     scheduler history of that region), predict with classifier-free guidance, update the region
     with the scheduler, write the tile's chunks, mark it done."""
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     store = _store(url, instance)
     name = f"{key.stage}/{key.step}/{key.row}/{key.col}"
     if store.is_done(key.stage, key.step, key.row, key.col):
@@ -226,6 +226,7 @@ def denoise_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, sessio
         key.row,
         key.col,
         {
+            "started": started,
             "seconds": seconds,
             "read_seconds": t_read,
             "forward_seconds": t_fwd,

@@ -42,3 +42,29 @@ def test_client_for_reuses_a_given_client():
     with make_cluster(n_workers=1, processes=False, gpu=False) as cluster, Client(cluster) as client:
         with client_for(client) as same:
             assert same is client
+
+
+def test_packages_import_beside_same_named_folders(tmp_path):
+    """Dask workers put their local directory (which holds a spill folder named ``storage``) first on
+    ``sys.path``, and users have folders called ``pipelines``: neither may shadow our packages."""
+    import subprocess
+    import sys
+
+    (tmp_path / "storage").mkdir()
+    (tmp_path / "pipelines").mkdir()
+    code = "import supergen_dask, storage, pipelines; print(storage.__file__, pipelines.__file__)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "None" not in done.stdout
+
+
+def test_workers_started_outside_the_repository_import_the_project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # like a notebook kernel started elsewhere
+    with make_cluster(n_workers=1, processes=True, gpu=False) as cluster, Client(cluster) as client:
+
+        def where():
+            import storage
+
+            return storage.__file__
+
+        assert client.submit(where).result().endswith("storage/__init__.py")

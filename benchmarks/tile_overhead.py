@@ -1,0 +1,194 @@
+"""Orchestration overhead on a GPU: seconds per tile task in a real render vs the same tile's
+forward in a bare in-process loop on the same card.
+
+Runs one render (Wan2.1-1.3B-shaped random-weight transformer, bf16) through the whole Dask + Zarr
+path on a dask-cuda cluster, reads the per-tile timings the tasks wrote to the store, then times
+the identical tile forward (CFG batch of 2, same shapes, same model preset) in a plain loop after
+the render, when the GPU is otherwise idle. Writes a JSON report with the machine it ran on.
+
+    python benchmarks/tile_overhead.py --out benchmarks/results/tile_overhead.json
+
+Never run this on a CPU and call it a GPU figure: it refuses to run without CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def wan_forward_flops(tokens: int, layers=30, dim=1536, ffn=8960, text=512) -> float:
+    """Multiply-adds x2 of one Wan transformer forward for one sample (the dominant terms)."""
+    per_layer = (
+        4 * tokens * dim * dim * 2  # self-attention q, k, v, o
+        + 2 * tokens * tokens * dim * 2  # QK^T and AV
+        + 2 * tokens * dim * dim * 2
+        + 2 * text * dim * dim * 2  # cross-attention projections
+        + 2 * tokens * text * dim * 2  # cross-attention
+        + 2 * tokens * dim * ffn * 2  # feed-forward
+    )
+    return layers * per_layer
+
+
+def bare_forward_seconds(
+    model: str, dtype: torch.dtype, shape, text_tokens: int, text_dim: int, reps: int
+) -> list[float]:
+    from pipelines import load_backend
+
+    backend = load_backend(model, device="cuda", dtype=dtype)
+    backend.load_transformer()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(2, *shape, device="cuda", generator=g)
+    emb = torch.randn(2, text_tokens, text_dim, device="cuda", generator=g)
+    t = torch.tensor([700.0, 700.0], device="cuda")
+    for _ in range(3):
+        backend.predict(x, t, emb)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = backend.predict(x, t, emb)
+        u, c = out.chunk(2)
+        _ = u + 5.0 * (c - u)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return times
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="random-wan2.1-1.3b-shape")
+    p.add_argument("--height", type=int, default=1440)
+    p.add_argument("--width", type=int, default=2560)
+    p.add_argument("--num-frames", type=int, default=81)
+    p.add_argument("--num-inference-steps", type=int, default=8)
+    p.add_argument("--refine-steps", type=int, default=3)
+    p.add_argument("--bare-reps", type=int, default=10)
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device: this benchmark only runs on a GPU", file=sys.stderr)
+        return 2
+
+    import supergen_dask as sd
+    from storage import RenderStore
+
+    spec = sd.RenderSpec(
+        prompt="a red circle moving right on a blue background",
+        model=args.model,
+        height=args.height,
+        width=args.width,
+        num_frames=args.num_frames,
+        num_inference_steps=args.num_inference_steps,
+        refine_steps=args.refine_steps,
+        guidance_scale=5.0,
+        dtype="bfloat16",
+    )
+    plan = sd.plan_render(spec)
+    print(plan.summary(), flush=True)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="supergen-bench-"))
+    t0 = time.perf_counter()
+    with sd.client_for() as client:
+        result = sd.run_render(plan, workdir / "render", client, progress=False)
+        wall = time.perf_counter() - t0
+        peak = client.run(lambda: torch.cuda.max_memory_allocated() / 2**30)
+        workers = client.run(lambda: torch.cuda.get_device_name(0))
+    store = RenderStore.open(str(result.store_path), mode="r")
+    stats = store.tile_stats("refine")
+    sk = store.tile_stats("sketch") if plan.sketch is not None else None
+    done = store.done_mask("refine")
+    assert done.all()
+    n_tiles = int(done.size)
+    started, seconds = stats["started"].ravel(), stats["seconds"].ravel()
+    stage2_wall = float((started + seconds).max() - started.min())
+    by = {k: stats[k].ravel() for k in ("seconds", "read_seconds", "forward_seconds", "write_seconds")}
+    receipts = [
+        r
+        for r in result.receipts
+        if r.get("task") in ("upscale", "encode", "prompt", "init")
+        or str(r.get("task", "")).startswith("decode")
+    ]
+
+    g = plan.refine.grid
+    tile_shape = (plan.model.latent_channels, plan.latent_frames, g.tile_h, g.tile_w)
+    bare = bare_forward_seconds(
+        args.model,
+        torch.bfloat16,
+        tile_shape,
+        plan.model.text_tokens,
+        plan.model.text_embed_dim,
+        args.bare_reps,
+    )
+    bare_med = statistics.median(bare)
+    tokens = plan.latent_frames * (g.tile_h // 2) * (g.tile_w // 2)
+    flops = 2 * wan_forward_flops(tokens)  # CFG: batch of two
+
+    def med(v):
+        return float(np.median(v))
+
+    report = {
+        "benchmark": "tile_overhead",
+        "machine": {
+            "gpu": torch.cuda.get_device_name(0),
+            "gpu_count": torch.cuda.device_count(),
+            "worker_gpus": sorted(set(workers.values())),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+        },
+        "versions": store.attrs["versions"],
+        "render": {
+            "model": args.model,
+            "size": f"{args.width}x{args.height}",
+            "num_frames": args.num_frames,
+            "num_inference_steps": args.num_inference_steps,
+            "refine_steps": args.refine_steps,
+            "grid": f"{g.rows}x{g.cols} tiles of {g.tile_h}x{g.tile_w} latent ({tokens} tokens)",
+            "tile_bytes_float32": int(np.prod(tile_shape)) * 4,
+            "dtype": "bfloat16",
+            "summary": plan.summary(),
+        },
+        "results": {
+            "render_wall_seconds": round(wall, 3),
+            "refine_tile_tasks": n_tiles,
+            "task_seconds_median": med(by["seconds"]),
+            "task_read_seconds_median": med(by["read_seconds"]),
+            "task_forward_seconds_median": med(by["forward_seconds"]),
+            "task_write_seconds_median": med(by["write_seconds"]),
+            "stage2_wall_seconds": round(stage2_wall, 3),
+            "stage2_seconds_per_tile": stage2_wall / n_tiles,
+            "sketch_step_seconds_median": None if sk is None else med(sk["seconds"].ravel()),
+            "bare_forward_seconds_median": bare_med,
+            "bare_forward_seconds_all": bare,
+            "ratio_task_to_bare": med(by["seconds"]) / bare_med,
+            "ratio_stage2_per_tile_to_bare": stage2_wall / n_tiles / bare_med,
+            "forward_in_task_vs_bare": med(by["forward_seconds"]) / bare_med,
+            "tflops_per_second_bare": flops / bare_med / 1e12,
+            "peak_gpu_memory_gib_per_worker": peak,
+            "other_tasks_seconds": {r.get("name"): round(r["seconds"], 3) for r in receipts},
+        },
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, sort_keys=True))
+    r = report["results"]
+    print(json.dumps({k: r[k] for k in r if k not in ("bare_forward_seconds_all",)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
