@@ -100,8 +100,17 @@ def main(argv=None) -> int:
     plan = sd.plan_render(spec)
     print(plan.summary(), flush=True)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="supergen-bench-"))
+    from distributed import Client
+
+    try:
+        cluster = sd.make_cluster()  # dask-cuda's LocalCUDACluster: one worker per GPU
+        cluster_kind = type(cluster).__name__
+    except Exception as exc:  # noqa: BLE001 - record why, then measure on a plain process worker
+        print(f"dask-cuda cluster failed ({exc!r}); using one LocalCluster process worker", flush=True)
+        cluster = sd.make_cluster(n_workers=1, processes=True, gpu=False)
+        cluster_kind = f"LocalCluster (dask-cuda failed: {exc!r})"
     t0 = time.perf_counter()
-    with sd.client_for() as client:
+    with cluster, Client(cluster) as client:
         result = sd.run_render(plan, workdir / "render", client, progress=False)
         wall = time.perf_counter() - t0
         peak = client.run(lambda: torch.cuda.max_memory_allocated() / 2**30)
@@ -145,6 +154,7 @@ def main(argv=None) -> int:
             "gpu": torch.cuda.get_device_name(0),
             "gpu_count": torch.cuda.device_count(),
             "worker_gpus": sorted(set(workers.values())),
+            "cluster": cluster_kind,
             "cpu_count": os.cpu_count(),
             "python": platform.python_version(),
             "torch": torch.__version__,
