@@ -53,7 +53,9 @@ def test_packages_import_beside_same_named_folders(tmp_path):
     (tmp_path / "storage").mkdir()
     (tmp_path / "pipelines").mkdir()
     code = "import supergen_dask, storage, pipelines; print(storage.__file__, pipelines.__file__)"
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "None" not in done.stdout
 

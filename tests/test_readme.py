@@ -21,7 +21,9 @@ def blocks(kind: str) -> list[str]:
 
 
 def test_ci_runs_exactly_the_readme_setup_and_test_commands():
-    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    ci = [
+        line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")
+    ]
     setup = blocks("setup")[0].strip().splitlines()
     test = blocks("test")[0].strip().splitlines()
     assert len(setup) == 2 and len(test) == 1
@@ -36,8 +38,15 @@ def _venv_command(line: str) -> str:
 @pytest.mark.slow
 def test_readme_render_command(tmp_path):
     (cmd,) = blocks("run")[0].strip().splitlines()
-    done = subprocess.run(_venv_command(cmd), shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    done = subprocess.run(
+        _venv_command(cmd),
+        shell=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     video = re.search(r"^video: (.+)$", done.stdout, re.M).group(1)
     assert (tmp_path / video).stat().st_size > 0
