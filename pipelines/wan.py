@@ -299,11 +299,25 @@ def load_preset(
     return WanBackend(info, transformer, vae, text, device, dtype)
 
 
+def _vae_class(root: str | Path):
+    """The autoencoder class named in ``vae/config.json`` (Wan's VAE or the toy's exact one)."""
+    from diffusers import AutoencoderKLWan
+
+    name = json.loads((Path(root) / "vae" / "config.json").read_text()).get("_class_name", "AutoencoderKLWan")
+    if name == "AutoencoderKLWan":
+        return AutoencoderKLWan
+    if name == "SpaceToDepthAutoencoder":
+        from pipelines.toy.model import SpaceToDepthAutoencoder
+
+        return SpaceToDepthAutoencoder
+    raise ValueError(f"{root}: unsupported autoencoder class {name!r}")
+
+
 def load_directory(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> WanBackend:
     """A Wan model saved in diffusers layout on local disk (safetensors only, no hub access)."""
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from diffusers import WanTransformer3DModel
 
     root = str(path)
     info = directory_info(root)
@@ -314,7 +328,7 @@ def load_directory(
         return m.to(device).eval().requires_grad_(False)
 
     def vae():
-        m = AutoencoderKLWan.from_pretrained(root, subfolder="vae", torch_dtype=torch.float32, **kw)
+        m = _vae_class(root).from_pretrained(root, subfolder="vae", torch_dtype=torch.float32, **kw)
         m = m.to(device).eval().requires_grad_(False)
         m.enable_tiling()
         return m
