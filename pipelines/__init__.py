@@ -7,6 +7,7 @@ preset name (see ``available_models()``) or a local directory in diffusers layou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -27,11 +28,19 @@ class UnknownModelError(KeyError):
 _FAMILIES = {"WanPipeline": "wan"}
 
 
+def _shipped() -> dict[str, Path]:
+    """Checkpoints that ship inside the package, by name."""
+    from pipelines.toy.model import weights_dir
+
+    toy = weights_dir()
+    return {"toy-wan": toy} if (toy / "model_index.json").is_file() else {}
+
+
 def available_models() -> list[str]:
     """Names of the models that need no files (built in code or shipped in the package)."""
     from pipelines import wan
 
-    return wan.preset_names()
+    return sorted(wan.preset_names() + list(_shipped()))
 
 
 def _directory_family(ref: str) -> str | None:
@@ -59,6 +68,9 @@ def model_info(ref: str) -> ModelInfo:
 
     if ref in wan.preset_names():
         return wan.preset_info(ref)
+    shipped = _shipped()
+    if ref in shipped:
+        return dataclasses.replace(wan.directory_info(shipped[ref]), name=ref)
     family = _directory_family(ref)
     if family == "wan":
         return wan.directory_info(ref)
@@ -73,6 +85,11 @@ def load_backend(
 
     if ref in wan.preset_names():
         return wan.load_preset(ref, device, dtype)
+    shipped = _shipped()
+    if ref in shipped:
+        backend = wan.load_directory(shipped[ref], device, dtype)
+        backend.info = dataclasses.replace(backend.info, name=ref)
+        return backend
     family = _directory_family(ref)
     if family == "wan":
         return wan.load_directory(ref, device, dtype)

@@ -22,7 +22,9 @@ class ModelInfo:
 
     Sizes are in pixels unless named ``latent_*``. ``spatial_factor`` is the VAE's spatial
     compression: output sizes must be multiples of it. Latent tiles are multiples of
-    ``patch_spatial`` (the transformer's patch).
+    ``patch_spatial`` (the transformer's patch). ``default_refine_fraction`` is the share of the
+    schedule refined with tiles when a spec leaves k open; ``revision`` fingerprints the weights, so
+    a render made with other weights is never resumed with these.
     """
 
     name: str
@@ -42,6 +44,8 @@ class ModelInfo:
     supports_image: bool = False
     text_embed_dim: int = 0
     text_tokens: int = 512
+    default_refine_fraction: float = 0.9
+    revision: str = ""
     description: str = ""
 
     def frames_ok(self, num_frames: int) -> bool:

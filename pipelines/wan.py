@@ -11,6 +11,7 @@ Three ways to get one:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections.abc import Callable
@@ -157,6 +158,15 @@ def directory_info(path: str | Path) -> ModelInfo:
     extra: dict[str, Any] = {}
     if (root / "supergen.json").exists():
         extra = json.loads((root / "supergen.json").read_text())
+    revision = hashlib.sha256()
+    for part in sorted(root.rglob("*")):
+        if part.is_file():
+            rel = str(part.relative_to(root))
+            # configs by content, weights by size (hashing gigabytes of weights would be slow)
+            revision.update(
+                rel.encode()
+                + (part.read_bytes() if part.suffix == ".json" else str(part.stat().st_size).encode())
+            )
     inner = transformer.get("num_attention_heads", 12) * transformer.get("attention_head_dim", 128)
     small = inner <= 1536
     info = dict(
@@ -168,6 +178,8 @@ def directory_info(path: str | Path) -> ModelInfo:
         default_guidance=extra.get("default_guidance", 5.0),
         description=extra.get("description", f"Wan model from {root}"),
         text_tokens=int(extra.get("max_sequence_length", 512)),
+        default_refine_fraction=float(extra.get("default_refine_fraction", 0.9)),
+        revision=revision.hexdigest()[:16],
     )
     cls = sched.pop("_class_name")
     return _wan_info(str(root), transformer, vae, cls, sched, **info)

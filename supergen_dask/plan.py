@@ -315,7 +315,7 @@ def plan_render(spec: RenderSpec) -> RenderPlan:
         spec=spec,
         model=info,
         scheduler=ref,
-        token=spec.token(),
+        token=spec.token(info.revision),
         sketch=sketch,
         refine=refine,
         decode_margin=int(config.get("decode.margin")),

@@ -130,7 +130,8 @@ class RenderSpec:
 
     ``refine_steps`` is SuperGen's k: the sketch is re-noised to step ``num_inference_steps - k``
     and refined with k tiled steps (k == num_inference_steps skips the sketch and refines pure
-    noise). Sizes are in pixels and must be multiples of the model's VAE factor.
+    noise); left open it is the model's ``default_refine_fraction`` of the schedule. Sizes are in
+    pixels and must be multiples of the model's VAE factor. The default model is the shipped toy.
     """
 
     prompt: str
@@ -143,7 +144,7 @@ class RenderSpec:
     refine_steps: int | None = None
     guidance_scale: float | None = None
     seed: int = 0
-    model: str = "tiny-random-wan"
+    model: str = "toy-wan"
     scheduler: str | None = None
     dtype: str = "float32"
     fps: int | None = None
@@ -174,9 +175,12 @@ class RenderSpec:
     def replace(self, **changes: Any) -> RenderSpec:
         return dataclasses.replace(self, **changes)
 
-    def token(self) -> str:
-        """Stable hash of the (resolved) spec: names the render and its Dask keys."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+    def token(self, revision: str = "") -> str:
+        """Stable hash of the (resolved) spec and the model's weights revision: names the render
+        and its Dask keys, so the same request on the same weights resumes the same render."""
+        blob = json.dumps(
+            {"spec": self.to_dict(), "revision": revision}, sort_keys=True, separators=(",", ":")
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     # -- validation -----------------------------------------------------------------------------
@@ -218,7 +222,11 @@ class RenderSpec:
             )
         steps = info.default_steps if self.num_inference_steps is None else self.num_inference_steps
         _check_int("num_inference_steps", steps, 1, 1000)
-        k = steps - steps // 10 if self.refine_steps is None else self.refine_steps
+        k = (
+            max(1, round(info.default_refine_fraction * steps))
+            if self.refine_steps is None
+            else self.refine_steps
+        )
         _check_int("refine_steps", k, 1)
         if k > steps:
             raise SpecError("refine_steps", f"k={k} must be <= num_inference_steps ({steps})")

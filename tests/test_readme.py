@@ -51,6 +51,13 @@ def test_readme_render_command(tmp_path):
     video = re.search(r"^video: (.+)$", done.stdout, re.M).group(1)
     assert (tmp_path / video).stat().st_size > 0
     assert re.search(r"^store: .+render\.zarr$", done.stdout, re.M)
+    # the default render uses the trained toy and shows the prompt's content: a red object
+    from pipelines.toy import COLOURS
+    from storage import read_video
+    from supergen_dask.metrics import count_objects
+
+    counts = count_objects(read_video(tmp_path / video), COLOURS["red"])
+    assert (counts >= 1).mean() >= 0.8, counts
 
 
 def test_readme_python_examples_run_in_order(tmp_path, monkeypatch):
