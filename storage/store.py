@@ -112,6 +112,17 @@ def create_render_store(
         )
         big = dict(compressors=comp, config={"write_empty_chunks": True})
         arr(g, "start", (F, C, H, W), (F, C, th, tw), st.dtype, ("frame", "channel", "y", "x"), np.nan, **big)
+        if st.anchor:
+            arr(
+                g,
+                "anchor",
+                (F, C, H, W),
+                (F, C, th, tw),
+                "float32",
+                ("frame", "channel", "y", "x"),
+                np.nan,
+                **big,
+            )
         latents = arr(
             g,
             "latents",
@@ -257,7 +268,7 @@ class RenderStore:
         self, stage: str, name: str, step: int | None, row: int, col: int, data: np.ndarray
     ) -> None:
         """Write the chunk of tile (row, col) of ``step``'s grid. ``data`` is ``(..., tile_h, tile_w)``
-        without the step axis; ``name`` is ``latents``, ``start`` or ``state_<x>``."""
+        without the step axis; ``name`` is ``latents``, ``start``, ``anchor`` or ``state_<x>``."""
         st = self.stage(stage)
         a = self.array(f"{stage}/{name}")
         ys, xs = slice(row * st.tile_h, (row + 1) * st.tile_h), slice(col * st.tile_w, (col + 1) * st.tile_w)

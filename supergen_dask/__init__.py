@@ -28,11 +28,19 @@ from supergen_dask.graph import (
     start_render,
 )
 from supergen_dask.plan import RenderPlan, StagePlan, plan_render
-from supergen_dask.spec import CacheSettings, OutputSettings, RenderSpec, ShiftSettings, SpecError
+from supergen_dask.spec import (
+    AnchorSettings,
+    CacheSettings,
+    OutputSettings,
+    RenderSpec,
+    ShiftSettings,
+    SpecError,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnchorSettings",
     "CacheSettings",
     "OutputSettings",
     "RenderError",

@@ -68,6 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="plan and progress of a render directory")
     i.add_argument("render_dir")
 
+    e = sub.add_parser(
+        "evaluate", help="quality table (seams, duplicates, detail, flicker) over prompts and settings"
+    )
+    e.add_argument("--prompts", type=int, default=20, help="number of toy-grammar evaluation prompts")
+    e.add_argument("--scales", type=float, nargs="+", default=[4.0, 16.0], help="output area / native area")
+    e.add_argument(
+        "--strengths", type=float, nargs="+", default=[0.6, 0.9], help="re-noise levels t to compare"
+    )
+    e.add_argument("--anchor", type=float, default=0.5, help="sketch-anchoring strength tried (0: skip)")
+    e.add_argument("--configs", nargs="+", help="only these configurations (names as in the report)")
+    e.add_argument("--model", default="toy-wan")
+    e.add_argument("--num-inference-steps", type=int)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--root", default="renders/evaluate", help="where the evaluation renders go (they resume)")
+    e.add_argument("--out", default="reports/quality", help="report path without extension (.json and .md)")
+    _add_cluster_args(e)
+
     sub.add_parser("models", help="list the built-in models")
     return parser
 
@@ -140,6 +157,51 @@ def _print_result(result) -> None:
     print(f"open:  supergen_dask.open_render({str(result.store_path)!r})")
 
 
+def _evaluate(args) -> int:
+    from pipelines import model_info
+    from pipelines.toy import evaluation_prompts
+    from supergen_dask.cluster import client_for
+    from supergen_dask.evaluate import evaluate, markdown_table, standard_configs, summarise, write_report
+
+    steps = args.num_inference_steps or model_info(args.model).default_steps
+    configs = standard_configs(steps, tuple(args.strengths), args.anchor)
+    if args.configs:
+        unknown = set(args.configs) - {c.name for c in configs}
+        if unknown:
+            raise ValueError(f"unknown configs {sorted(unknown)}; allowed: {[c.name for c in configs]}")
+        configs = [c for c in configs if c.name in args.configs]
+    prompts = evaluation_prompts(args.prompts, seed=args.seed)
+    kw = _cluster_kwargs(args)
+    with client_for(
+        None, address=kw["address"], n_workers=kw["n_workers"], processes=kw["processes"]
+    ) as client:
+        rows = evaluate(
+            prompts,
+            args.scales,
+            configs,
+            client,
+            args.root,
+            model=args.model,
+            num_inference_steps=steps,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
+    settings = {
+        "model": args.model,
+        "num_inference_steps": steps,
+        "seed": args.seed,
+        "scales": args.scales,
+        "strengths": args.strengths,
+        "anchor": args.anchor,
+        "configs": [c.name for c in configs],
+        "prompts": prompts,
+    }
+    json_path, md_path = write_report(rows, args.out, settings)
+    print(markdown_table(summarise(rows)))
+    print(f"report: {json_path} {md_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from supergen_dask.spec import SpecError
@@ -163,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         from supergen_dask.cluster import client_for
         from supergen_dask.graph import default_render_dir, load_plan, run_render
         from supergen_dask.plan import plan_render
+
+        if args.command == "evaluate":
+            return _evaluate(args)
 
         if args.command == "render":
             plan = plan_render(spec_from_args(args))  # every check happens here, before any write

@@ -137,12 +137,16 @@ class TileGrid:
             native), canvas padded up to a whole number of tiles. ``"fit"``: as few tiles per axis
             as cover the canvas without exceeding native, each shrunk to cover it with the least
             padding. Either way tiles take the canvas's orientation (native or transposed, the same
-            token count).
+            token count). ``"whole"``: no tiling, one tile covering the canvas (direct generation
+            at the output size, the baseline tiling is compared against).
         """
         if min(height, width, native_h, native_w, multiple) <= 0:
             raise ValueError("sizes must be positive")
-        if policy not in ("native", "fit"):
-            raise ValueError(f"tile policy must be 'native' or 'fit', got {policy!r}")
+        if policy not in ("native", "fit", "whole"):
+            raise ValueError(f"tile policy must be 'native', 'fit' or 'whole', got {policy!r}")
+        if policy == "whole":  # direct generation: one tile, the whole canvas
+            ch, cw = round_up(height, multiple), round_up(width, multiple)
+            return cls(ch, cw, ch, cw, height, width)
 
         def axis(valid: int, native: int) -> tuple[int, int]:
             native = max(multiple, native - native % multiple)

@@ -67,6 +67,11 @@ class RenderResult:
         """Tasks that ran in this session (finished work from earlier sessions is not counted)."""
         return sum(1 for r in self.receipts if not r.get("skipped"))
 
+    @property
+    def quality(self) -> dict[str, Any] | None:
+        """The render's quality metrics (``supergen_dask.quality.render_quality``), if measured."""
+        return RenderStore.open(str(self.store_path), mode="r").attrs.get("quality")
+
     def dataset(self, stage: str = "refine", crop: bool = True):
         """The render's latents as an ``xarray.Dataset`` (see ``storage.open_render``)."""
         return open_render(str(self.store_path), stage=stage, crop=crop)
@@ -186,7 +191,7 @@ class _Graph:
     def named_task(
         self, name: str, fn: Callable, *args, deps=(), gpu: bool = True, priority: int = 0, force=False
     ):
-        if self.store.task_is_done(name) and not force:
+        if not force and self.store.task_is_done(name):
             return None
         key = (f"{name.split('_')[0]}-{self.run}", name)
         fut = self._submit(fn, *args, key=key, deps=deps, gpu=gpu, priority=priority)
@@ -236,6 +241,8 @@ class _Graph:
             self.named_task(
                 "encode", tasks.encode_output, str(self.video_path), deps=decodes, gpu=False, force=True
             )
+        if config.get("quality.enabled") and "quality" not in self.store.attrs:
+            self.named_task("quality", tasks.measure_quality, deps=decodes, gpu=False, force=True)
 
 
 def _progress_bar(total: int, enabled: bool, desc: str):
@@ -286,6 +293,8 @@ class RenderJob:
                     ) from exc
                 receipt = fut.result()
                 receipts.append(receipt)
+                if receipt.get("task") == "quality":  # tasks never write attributes; the driver does
+                    self.store.update_attrs(quality=receipt["quality"])
                 if on_task is not None:
                     on_task(receipt)
                 if bar is not None:

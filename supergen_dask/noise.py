@@ -11,7 +11,7 @@ import hashlib
 
 import torch
 
-__all__ = ["BLOCK", "position_noise"]
+__all__ = ["BLOCK", "position_noise", "window_noise"]
 
 BLOCK = 16
 
@@ -42,3 +42,33 @@ def position_noise(
                 :, :, ys - by * BLOCK : ye - by * BLOCK, xs - bx * BLOCK : xe - bx * BLOCK
             ]
     return out
+
+
+def window_noise(
+    seed: int,
+    stream: str,
+    frames: int,
+    channels: int,
+    y0: int,
+    x0: int,
+    h: int,
+    w: int,
+    height: int,
+    width: int,
+) -> torch.Tensor:
+    """``position_noise`` for a window that may wrap around a ``height x width`` torus canvas."""
+    rows = [(y0 % height, min(h, height - y0 % height))]
+    if rows[0][1] < h:
+        rows.append((0, h - rows[0][1]))
+    cols = [(x0 % width, min(w, width - x0 % width))]
+    if cols[0][1] < w:
+        cols.append((0, w - cols[0][1]))
+    return torch.cat(
+        [
+            torch.cat(
+                [position_noise(seed, stream, frames, channels, ya, xa, yn, xn) for xa, xn in cols], dim=-1
+            )
+            for ya, yn in rows
+        ],
+        dim=-2,
+    )

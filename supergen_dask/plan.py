@@ -68,7 +68,7 @@ class StagePlan:
         cells = self.grid.covering(y0, x0, h, w, self.offset(step))
         return [TileKey(self.name, step, r, c) for r, c in cells]
 
-    def layout(self, slots: dict[str, int], dtype: str) -> StageLayout:
+    def layout(self, slots: dict[str, int], dtype: str, anchor: bool = False) -> StageLayout:
         g = self.grid
         return StageLayout(
             name=self.name,
@@ -85,6 +85,7 @@ class StagePlan:
             offsets=tuple(self.offset(s) for s in self.steps),
             state_slots=tuple(sorted(slots.items())),
             dtype=dtype,
+            anchor=anchor,
         )
 
     def to_dict(self) -> dict:
@@ -138,6 +139,17 @@ class RenderPlan:
         return self.spec.guidance_scale > 1.0
 
     @property
+    def anchored(self) -> bool:
+        """Refinement mixes in the re-noised upscaled sketch (``spec.anchor``)."""
+        return self.sketch is not None and self.spec.anchor.enabled
+
+    def anchor_weight(self, step: int) -> float:
+        """Sketch-anchoring weight before refine step ``step`` (0 when anchoring is off)."""
+        if not self.anchored:
+            return 0.0
+        return self.spec.anchor.weight(step - self.refine.first, len(self.refine.steps))
+
+    @property
     def stages(self) -> tuple[StagePlan, ...]:
         return tuple(s for s in (self.sketch, self.refine) if s is not None)
 
@@ -182,7 +194,9 @@ class RenderPlan:
         g = self.refine.grid
         sp = self.sketch_pixel_size
         return RenderLayout(
-            stages=tuple(s.layout(slots, dtype) for s in self.stages),
+            stages=tuple(
+                s.layout(slots, dtype, anchor=self.anchored and s.name == "refine") for s in self.stages
+            ),
             decode=DecodeLayout(
                 frames=self.pixel_frames,
                 scale=self.model.spatial_factor,

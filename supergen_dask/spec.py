@@ -17,11 +17,11 @@ from typing import Any
 from pipelines import ModelInfo, UnknownModelError, available_models, model_info
 from pipelines.schedulers import SCHEDULER_ALIASES
 
-__all__ = ["SpecError", "ShiftSettings", "CacheSettings", "OutputSettings", "RenderSpec"]
+__all__ = ["SpecError", "ShiftSettings", "CacheSettings", "AnchorSettings", "OutputSettings", "RenderSpec"]
 
 DTYPES = ("float32", "bfloat16", "float16")
 STORE_DTYPES = ("float32", "float16")
-TILE_POLICIES = ("native", "fit")
+TILE_POLICIES = ("native", "fit", "whole")
 CODECS = ("h264", "lossless")
 
 
@@ -111,6 +111,38 @@ class CacheSettings:
 
 
 @dataclass(frozen=True)
+class AnchorSettings:
+    """Sketch anchoring (DemoFusion's skip residual), off by default.
+
+    Before refinement step ``i`` of ``k``, each tile's latents are mixed with the upscaled sketch
+    re-noised to that step: ``x <- (1 - c) x + c * anchor``, with
+    ``c = strength * ((1 + cos(pi * i / k)) / 2) ** decay``, so the pull toward the sketch's layout
+    is strongest early and fades out. Meant against objects that tiles invent twice.
+    """
+
+    strength: float = 0.0
+    decay: float = 3.0
+
+    def validate(self) -> None:
+        strength = _check_number("anchor.strength", self.strength, 0.0)
+        if strength > 1:
+            raise SpecError("anchor.strength", f"must be in [0, 1], got {strength}")
+        if _check_number("anchor.decay", self.decay, 0.0) <= 0:
+            raise SpecError("anchor.decay", "must be > 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self.strength > 0
+
+    def weight(self, index: int, steps: int) -> float:
+        """Mixing weight before refinement step ``index`` (0-based) of ``steps``. Zero on the first
+        step, whose input already is the re-noised sketch."""
+        if index <= 0:
+            return 0.0
+        return float(self.strength * ((1 + math.cos(math.pi * index / steps)) / 2) ** self.decay)
+
+
+@dataclass(frozen=True)
 class OutputSettings:
     """Video encoding: ``h264`` (yuv420p, ``crf``) or ``lossless`` (RGB H.264, crf 0)."""
 
@@ -153,6 +185,7 @@ class RenderSpec:
     sketch_width: int | None = None
     shift: ShiftSettings = field(default_factory=ShiftSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    anchor: AnchorSettings = field(default_factory=AnchorSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
 
     # -- construction ---------------------------------------------------------------------------
@@ -164,7 +197,12 @@ class RenderSpec:
         data = dict(data)
         if "prompt" not in data:
             raise SpecError("prompt", "is required")
-        for name, sub in (("shift", ShiftSettings), ("cache", CacheSettings), ("output", OutputSettings)):
+        for name, sub in (
+            ("shift", ShiftSettings),
+            ("cache", CacheSettings),
+            ("anchor", AnchorSettings),
+            ("output", OutputSettings),
+        ):
             if name in data:
                 data[name] = _from_mapping(sub, data[name], f"{name}.")
         return _from_mapping(cls, data)
@@ -252,10 +290,14 @@ class RenderSpec:
                 raise SpecError(
                     "image", f"model {info.name} is text-to-video and takes no image; allowed: [None]"
                 )
-        for sub in (self.shift, self.cache, self.output):
+        for sub in (self.shift, self.cache, self.anchor, self.output):
             if not hasattr(sub, "validate"):
                 raise SpecError("spec", f"bad settings object {sub!r}")
             sub.validate()
+        if self.anchor.enabled and k == steps:
+            raise SpecError(
+                "anchor.strength", "anchoring needs a sketch: set refine_steps < num_inference_steps"
+            )
         return self.replace(
             height=height,
             width=width,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from supergen_dask import config, worker_models
 from supergen_dask.geometry import TileKey
-from supergen_dask.noise import position_noise
+from supergen_dask.noise import position_noise, window_noise
 from supergen_dask.plan import RenderPlan, StagePlan
 from supergen_dask.stepping import RegionStep, initial_noise_sigma, renoise
 
@@ -29,6 +29,7 @@ __all__ = [
     "upscale_sketch",
     "decode_region",
     "encode_output",
+    "measure_quality",
     "worker_name",
 ]
 
@@ -92,15 +93,15 @@ def encode_prompt(plan: RenderPlan, url: str, instance: str, *deps) -> dict:
 
 
 # -- stage inputs ---------------------------------------------------------------------------------
-def _write_start(store, stage: StagePlan, canvas: torch.Tensor, dtype: str) -> None:
-    """Write a whole-canvas ``(1, C, F, H, W)`` start latent tile by tile (first step's grid)."""
+def _write_start(store, stage: StagePlan, canvas: torch.Tensor, dtype: str, name: str = "start") -> None:
+    """Write a whole-canvas ``(1, C, F, H, W)`` stage input tile by tile (first step's grid)."""
     th, tw = stage.grid.tile_h, stage.grid.tile_w
     for key in stage.keys(stage.first):
         y0, x0 = stage.origin(key)
         ys = [(y0 + i) % stage.grid.canvas_h for i in range(th)]
         xs = [(x0 + i) % stage.grid.canvas_w for i in range(tw)]
         tile = canvas[..., ys, :][..., xs]
-        store.write_tile(stage.name, "start", None, key.row, key.col, _to_store(tile, dtype))
+        store.write_tile(stage.name, name, None, key.row, key.col, _to_store(tile, dtype))
 
 
 def init_stage(plan: RenderPlan, url: str, instance: str, stage_name: str, *deps) -> dict:
@@ -156,6 +157,8 @@ def upscale_sketch(plan: RenderPlan, url: str, instance: str, *deps) -> dict:
     noise = noise.permute(1, 0, 2, 3)[None].to(z.device)
     start = renoise(plan.scheduler, rf.first, z.float(), noise)
     _write_start(store, rf, start, plan.spec.output.store_dtype)
+    if plan.anchored:
+        _write_start(store, rf, z.float(), "float32", name="anchor")
     store.mark_task_done("upscale")
     return _receipt("upscale", "upscale", t0)
 
@@ -190,6 +193,24 @@ def denoise_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, sessio
     region.load(state)
     neg, pos = worker_models.prompt_embeds(store, device)
     sample = _to_model(x, device)
+    weight = plan.anchor_weight(key.step) if key.stage == "refine" else 0.0
+    if weight > 0:
+        # sketch anchoring: pull the tile toward the upscaled sketch re-noised to this step
+        clean = _to_model(store.read_region("refine", "anchor", None, y0, x0, g.tile_h, g.tile_w), device)
+        eps = window_noise(
+            plan.spec.seed,
+            "refine",
+            st.latent_frames,
+            st.channels,
+            y0,
+            x0,
+            g.tile_h,
+            g.tile_w,
+            g.canvas_h,
+            g.canvas_w,
+        )
+        anchor = renoise(plan.scheduler, key.step, clean, eps.permute(1, 0, 2, 3)[None].to(device))
+        sample = (1 - weight) * sample + weight * anchor
     t_read = time.perf_counter() - t_read0
 
     t_fwd0 = time.perf_counter()
@@ -285,3 +306,13 @@ def encode_output(plan: RenderPlan, url: str, instance: str, video_path: str, *d
     )
     store.mark_task_done("encode")
     return _receipt("encode", "encode", t0, path=info.path, frames=info.frames)
+
+
+def measure_quality(plan: RenderPlan, url: str, instance: str, *deps) -> dict:
+    """Quality metrics of the finished render (seams, duplicates, detail, flicker); the driver
+    writes them into the store's attributes."""
+    from supergen_dask.quality import render_quality
+
+    t0 = time.perf_counter()
+    store = _store(url, instance)
+    return _receipt("quality", "quality", t0, quality=render_quality(plan, store))

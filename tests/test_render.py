@@ -12,7 +12,9 @@ from conftest import assert_renders_identical, local_client, tiny_spec
 import supergen_dask as sd
 from storage import RenderStore, probe_video, read_video
 from supergen_dask import worker_models
+from supergen_dask.noise import position_noise
 from supergen_dask.plan import plan_render
+from supergen_dask.stepping import renoise
 
 
 def _reference_stage(plan, store: RenderStore, stage_name: str) -> list[torch.Tensor]:
@@ -25,9 +27,18 @@ def _reference_stage(plan, store: RenderStore, stage_name: str) -> list[torch.Te
     x = torch.from_numpy(store.read_canvas(stage_name, "start", None)).permute(1, 0, 2, 3)[None]
     sched = plan.scheduler.build()
     sched.set_begin_index(st.first)
+    if stage_name == "refine" and plan.anchored:
+        clean = torch.from_numpy(store.read_canvas("refine", "anchor", None)).permute(1, 0, 2, 3)[None]
+        eps = position_noise(
+            plan.spec.seed, "refine", st.latent_frames, st.channels, 0, 0, g.canvas_h, g.canvas_w
+        )
+        eps = eps.permute(1, 0, 2, 3)[None]
     outs = []
     for step in st.steps:
         t = sched.timesteps[step]
+        c = plan.anchor_weight(step) if stage_name == "refine" else 0.0
+        if c > 0:  # sketch anchoring, on the whole canvas at once
+            x = (1 - c) * x + c * renoise(plan.scheduler, step, clean, eps)
         model_in = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
         fused = torch.full_like(x, float("nan"))
         oy, ox = st.offset(step)
@@ -45,11 +56,18 @@ def _reference_stage(plan, store: RenderStore, stage_name: str) -> list[torch.Te
     return outs
 
 
-@pytest.mark.parametrize("scheduler", ["unipc", "flow-euler"])
-def test_tiles_equal_full_canvas_reference(tmp_path, client, scheduler):
+@pytest.mark.parametrize("scheduler, anchor", [("unipc", 0.0), ("flow-euler", 0.0), ("unipc", 0.6)])
+def test_tiles_equal_full_canvas_reference(tmp_path, client, scheduler, anchor):
     # 96x160 px -> 12x20 latent cells on a padded 16x24 canvas of 8x8 tiles: shifting wraps tiles
     # around both edges, so the reference exercises torus wrap, padding and the shifted reads.
-    spec = tiny_spec(height=96, width=160, scheduler=scheduler, num_inference_steps=6, refine_steps=4)
+    spec = tiny_spec(
+        height=96,
+        width=160,
+        scheduler=scheduler,
+        num_inference_steps=6,
+        refine_steps=4,
+        anchor=sd.AnchorSettings(strength=anchor),
+    )
     result = sd.render(spec, output_dir=tmp_path / "r", client=client, progress=False)
     plan = result.plan
     assert plan.refine.grid.n_tiles == 6 and plan.refine.shift.stride_y > 0
@@ -153,6 +171,11 @@ def test_different_spec_in_same_dir_is_refused(tmp_path, client):
         (dict(seed=-1), "seed"),
         (dict(shift=sd.ShiftSettings(divisions=0)), "shift.divisions"),
         (dict(output=sd.OutputSettings(codec="prores")), "output.codec"),
+        (dict(anchor=sd.AnchorSettings(strength=1.5)), "anchor.strength"),
+        (
+            dict(anchor=sd.AnchorSettings(strength=0.5), refine_steps=6),
+            "anchor.strength",
+        ),  # no sketch to anchor to
     ],
 )
 def test_bad_specs_fail_before_writing(tmp_path, overrides, field):
@@ -179,3 +202,33 @@ def test_plan_is_pure_and_round_trips():
     again = sd.RenderPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
     assert again == plan
     assert again.layout() == plan.layout()
+
+
+def test_quality_is_measured_and_stored(tmp_path, client):
+    result = sd.render(tiny_spec(), output_dir=tmp_path / "r", client=client, progress=False)
+    q = result.quality
+    assert q is not None and q["frames"] == 9
+    assert np.isfinite(q["seam_score_last"]) and np.isfinite(q["detail_gain"])
+    assert q["object_counts"] and isinstance(q["exactly_one"], bool)  # the prompt names a toy colour
+    assert RenderStore.open(str(result.store_path), mode="r").attrs["quality"] == q
+
+
+def test_anchoring_changes_the_refinement(tmp_path, client):
+    base = sd.render(tiny_spec(), output_dir=tmp_path / "a", client=client, progress=False)
+    anchored = sd.render(
+        tiny_spec(anchor=sd.AnchorSettings(strength=0.8)),
+        output_dir=tmp_path / "b",
+        client=client,
+        progress=False,
+    )
+    a = RenderStore.open(str(base.store_path), mode="r")
+    b = RenderStore.open(str(anchored.store_path), mode="r")
+    first = base.plan.refine.first
+    # the first step mixes the start with itself (the anchor at the start's noise level): no change
+    np.testing.assert_array_equal(
+        a.read_canvas("refine", "latents", first), b.read_canvas("refine", "latents", first)
+    )
+    last = base.plan.refine.last
+    assert not np.array_equal(
+        a.read_canvas("refine", "latents", last), b.read_canvas("refine", "latents", last)
+    )

@@ -1,0 +1,225 @@
+"""``supergen evaluate``: a quality table for a set of prompts and settings.
+
+For every prompt of the toy grammar and every output scale (area multiple of native), it renders
+each configuration through the normal Dask path and reads back the render's quality record
+(``supergen_dask.quality``). Next to the tiled renders it puts the two references a number needs
+to mean something: the same metric on the clean procedural video of the prompt (rendered at the
+output size, at the same tile borders) and the model's accuracy at its native size.
+
+Configurations (``standard_configs``):
+
+- ``native``: the model at its own size (no upscaling): the accuracy ceiling;
+- ``direct``: the whole high-resolution canvas in one piece, from noise;
+- ``tiles-no-sketch``: tiles from noise, no sketch;
+- ``fixed-tiles@t``: sketch re-noised to ``t``, tiles without shifting;
+- ``supergen@t``: sketch re-noised to ``t``, shifting tiles;
+- ``supergen-anchor@t``: the same with sketch anchoring.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines import model_info
+from pipelines.toy import Scene, render_scene
+from supergen_dask.graph import RenderResult, render_batch
+from supergen_dask.metrics import object_mask, seam_score, temporal_flicker
+from supergen_dask.quality import prompted_colour, step_grid_lines
+from supergen_dask.spec import AnchorSettings, RenderSpec, ShiftSettings
+
+__all__ = ["EvalConfig", "standard_configs", "evaluate", "summarise", "markdown_table", "write_report"]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """A named set of spec overrides; ``native`` configs render at the model's own size."""
+
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    native: bool = False
+
+
+def standard_configs(steps: int, strengths=(0.6, 0.9), anchor: float = 0.5) -> list[EvalConfig]:
+    """The comparison of the quality report; ``strengths`` are re-noise levels t (fractions of
+    the schedule refined with tiles), ``anchor`` the sketch-anchoring strength tried."""
+    out = [
+        EvalConfig("native", {"tile_policy": "whole", "refine_steps": steps}, native=True),
+        EvalConfig("direct", {"tile_policy": "whole", "refine_steps": steps}),
+        EvalConfig("tiles-no-sketch", {"refine_steps": steps}),
+    ]
+    for t in strengths:
+        k = max(1, round(t * steps))
+        out.append(
+            EvalConfig(f"fixed-tiles@{t:g}", {"refine_steps": k, "shift": ShiftSettings(enabled=False)})
+        )
+        out.append(EvalConfig(f"supergen@{t:g}", {"refine_steps": k}))
+    if anchor > 0:
+        t = max(strengths)
+        out.append(
+            EvalConfig(
+                f"supergen-anchor@{t:g}",
+                {"refine_steps": max(1, round(t * steps)), "anchor": AnchorSettings(strength=anchor)},
+            )
+        )
+    return out
+
+
+def _clean_reference(spec: RenderSpec, plan, frames: int) -> dict[str, float | None]:
+    """The metrics of the prompt's clean procedural video at the render's size and tile borders."""
+    scene = Scene.from_prompt(spec.prompt, seed=spec.seed)
+    clean = render_scene(scene, spec.height, spec.width, frames)
+    mask = object_mask(clean, scene.colour_rgb)
+    rows, cols = step_grid_lines(plan, plan.refine.last)
+    seam = seam_score(clean, rows, cols, exclude_mask=mask) if len(rows) or len(cols) else None
+    return {
+        "clean_seam_score_last": None if seam is None or not np.isfinite(seam) else float(seam),
+        "clean_temporal_flicker": float(temporal_flicker(clean, exclude_mask=mask)),
+    }
+
+
+def evaluate(
+    prompts: list[str],
+    scales: list[float],
+    configs: list[EvalConfig],
+    client,
+    root: str | Path,
+    *,
+    model: str = "toy-wan",
+    num_inference_steps: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Render every (prompt, scale, config) and return one row of metrics per render."""
+    info = model_info(model)
+    steps = num_inference_steps or info.default_steps
+    jobs: list[tuple[str, float, EvalConfig, RenderSpec]] = []
+    for prompt in prompts:
+        if prompted_colour(prompt) is None:
+            raise ValueError(f"evaluation prompts must name a toy-grammar colour: {prompt!r}")
+        for cfg in configs:
+            for scale in [1.0] if cfg.native else scales:
+                side = math.sqrt(scale)
+                f = info.spatial_factor
+                h = int(round(info.native_height * side / f)) * f
+                w = int(round(info.native_width * side / f)) * f
+                spec = RenderSpec(
+                    prompt=prompt,
+                    model=model,
+                    height=h,
+                    width=w,
+                    num_inference_steps=steps,
+                    seed=seed,
+                    **cfg.overrides,
+                )
+                jobs.append((prompt, scale, cfg, spec))
+    t0 = time.perf_counter()
+    results: list[RenderResult] = render_batch([j[3] for j in jobs], client, root, progress=progress)
+    rows = []
+    for (prompt, scale, cfg, spec), result in zip(jobs, results, strict=True):
+        q = dict(result.quality or {})
+        plan = result.plan
+        row = {
+            "prompt": prompt,
+            "scale": scale,
+            "config": cfg.name,
+            "size": f"{spec.width}x{spec.height}",
+            "refine_steps": plan.spec.refine_steps,
+            "render_dir": str(result.render_dir),
+            **q,
+        }
+        if plan.refine.grid.n_tiles > 1:
+            row.update(_clean_reference(plan.spec, plan, plan.pixel_frames))
+        rows.append(row)
+    for row in rows:
+        row["batch_seconds"] = round(time.perf_counter() - t0, 1)
+    return rows
+
+
+def _mean(values) -> float | None:
+    vals = [float(v) for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(vals)) if vals else None
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per (config, scale): means over prompts, accuracy = share with exactly one object."""
+    out = []
+    keys = sorted({(r["config"], r["scale"]) for r in rows}, key=lambda k: (k[1], _order(k[0]), k[0]))
+    for name, scale in keys:
+        group = [r for r in rows if r["config"] == name and r["scale"] == scale]
+        out.append(
+            {
+                "config": name,
+                "scale": scale,
+                "prompts": len(group),
+                "exactly_one": _mean([r.get("exactly_one") for r in group]),
+                "seam_score_last": _mean([r.get("seam_score_last") for r in group]),
+                "seam_score_mean": _mean([r.get("seam_score_mean") for r in group]),
+                "clean_seam_score_last": _mean([r.get("clean_seam_score_last") for r in group]),
+                "detail_gain": _mean([r.get("detail_gain") for r in group]),
+                "temporal_flicker": _mean([r.get("temporal_flicker") for r in group]),
+                "clean_temporal_flicker": _mean([r.get("clean_temporal_flicker") for r in group]),
+            }
+        )
+    return out
+
+
+def _order(name: str) -> int:
+    for i, prefix in enumerate(
+        ("native", "direct", "tiles-no-sketch", "fixed-tiles", "supergen@", "supergen-anchor")
+    ):
+        if name.startswith(prefix):
+            return i
+    return 99
+
+
+def markdown_table(summary: list[dict[str, Any]]) -> str:
+    def fmt(v, pct=False):
+        if v is None:
+            return "-"
+        return f"{100 * v:.0f}%" if pct else f"{v:.2f}"
+
+    lines = [
+        "| scale | config | prompts | exactly one object | seam score (last grid) | clean video, same borders | "
+        "seam score (mean over grids) | detail gain | flicker | clean flicker |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        lines.append(
+            f"| {s['scale']:g}x | {s['config']} | {s['prompts']} | {fmt(s['exactly_one'], True)} | "
+            f"{fmt(s['seam_score_last'])} | {fmt(s['clean_seam_score_last'])} | {fmt(s['seam_score_mean'])} | "
+            f"{fmt(s['detail_gain'])} | {fmt(s['temporal_flicker'])} | {fmt(s['clean_temporal_flicker'])} |"
+        )
+    return "\n".join(lines)
+
+
+def write_report(rows: list[dict[str, Any]], out: str | Path, settings: dict[str, Any]) -> tuple[Path, Path]:
+    """``<out>.json`` (every render's metrics, the summary, settings, machine) and ``<out>.md``."""
+    import torch
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = summarise(rows)
+    machine = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    payload = {"settings": settings, "machine": machine, "summary": summary, "renders": rows}
+    json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
+    json_path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    md_path.write_text(
+        f"# Quality report\n\nModel `{settings.get('model')}`, {settings.get('num_inference_steps')} steps, "
+        f"seed {settings.get('seed')}, {len({r['prompt'] for r in rows})} prompts. Machine: {machine}.\n\n"
+        + markdown_table(summary)
+        + "\n"
+    )
+    return json_path, md_path

@@ -1,0 +1,82 @@
+"""The quality record of a render: metrics measured on its decoded frames, stored with it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipelines.toy import COLOURS, parse_prompt
+from supergen_dask.metrics import (
+    detail_gain,
+    duplication,
+    grid_lines,
+    object_mask,
+    seam_score,
+    temporal_flicker,
+)
+from supergen_dask.plan import RenderPlan
+
+__all__ = ["prompted_colour", "step_grid_lines", "upscaled_sketch", "render_quality"]
+
+
+def prompted_colour(prompt: str) -> tuple[int, int, int] | None:
+    """RGB of the object colour a toy-grammar prompt names, if it names one."""
+    name = parse_prompt(prompt).get("colour")
+    return None if name is None else COLOURS[name]
+
+
+def step_grid_lines(plan: RenderPlan, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel rows and columns of the tile borders of refine step ``step`` inside the output."""
+    st, f = plan.refine, plan.model.spatial_factor
+    g = st.grid
+    oy, ox = st.offset(step)
+    rows = grid_lines(oy, g.tile_h, g.canvas_h, f)
+    cols = grid_lines(ox, g.tile_w, g.canvas_w, f)
+    return rows[rows < g.valid_h * f], cols[cols < g.valid_w * f]
+
+
+def upscaled_sketch(plan: RenderPlan, sketch: np.ndarray) -> np.ndarray:
+    """The decoded sketch bicubically upscaled to the output size, as the refinement starts from."""
+    x = torch.from_numpy(sketch).permute(0, 3, 1, 2).float()
+    up = F.interpolate(x, size=(plan.spec.height, plan.spec.width), mode="bicubic", align_corners=False)
+    return up.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def render_quality(plan: RenderPlan, store, frames: np.ndarray | None = None) -> dict[str, Any]:
+    """Metrics of a finished render (see ``supergen_dask.metrics``).
+
+    ``seam_score_last``/``_mean``/``_max``: seam score on the final video at the borders of the
+    last step's grid, and averaged/maximised over every refinement step's grid (with shifting the
+    grids move, so no border stays put). ``detail_gain``: high-frequency energy relative to the
+    bicubic-upscaled sketch. For prompts of the toy grammar, the prompted object is excluded from
+    the seam and flicker statistics and counted (``object_counts``, ``exactly_one``).
+    """
+    frames = store.decoded_frames() if frames is None else frames
+    colour = prompted_colour(plan.spec.prompt)
+    mask = object_mask(frames, colour) if colour is not None else None
+    scores = []
+    for step in plan.refine.steps:
+        rows, cols = step_grid_lines(plan, step)
+        if len(rows) or len(cols):
+            scores.append(seam_score(frames, rows, cols, exclude_mask=mask))
+    scores = [s for s in scores if np.isfinite(s)]
+    out: dict[str, Any] = {
+        "frames": int(frames.shape[0]),
+        "seam_score_last": scores[-1] if scores else None,
+        "seam_score_mean": float(np.mean(scores)) if scores else None,
+        "seam_score_max": float(np.max(scores)) if scores else None,
+        "temporal_flicker": temporal_flicker(frames, exclude_mask=mask),
+    }
+    if plan.sketch is not None:
+        out["detail_gain"] = detail_gain(frames, upscaled_sketch(plan, store.read_sketch_pixels()))
+    if colour is not None:
+        d = duplication(frames, colour)
+        out.update(
+            object_counts=[int(c) for c in d["counts"]],
+            median_count=float(d["median"]),
+            exactly_one=bool(d["exactly_one"]),
+        )
+    return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in out.items()}
