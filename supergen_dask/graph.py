@@ -424,6 +424,7 @@ def describe(render_dir: str | Path) -> dict[str, Any]:
         "plan": plan.summary(),
         "progress": progress,
         "sessions": store.attrs.get("sessions", []),
+        "quality": store.attrs.get("quality"),
         "video": str(render_dir / VIDEO_NAME) if (render_dir / VIDEO_NAME).exists() else None,
     }
 

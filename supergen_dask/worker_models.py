@@ -21,6 +21,7 @@ _LOCK = threading.Lock()
 _BACKENDS: dict[tuple[str, str, str], VideoBackend] = {}
 _EMBEDS: dict[tuple[str, str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 _LOADS: list[tuple[str, float]] = []
+_MAX_EMBEDS = 16
 _THREADS_SET = False
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -71,6 +72,8 @@ def prompt_embeds(store, device: torch.device | str) -> tuple[torch.Tensor, torc
         cached = (torch.from_numpy(neg).to(device), torch.from_numpy(pos).to(device))
         with _LOCK:
             _EMBEDS[key] = cached
+            while len(_EMBEDS) > _MAX_EMBEDS:  # a long batch must not pile up embeddings on the GPU
+                _EMBEDS.pop(next(iter(_EMBEDS)))
     return cached
 
 
