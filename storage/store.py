@@ -377,9 +377,11 @@ class RenderStore:
             raise RuntimeError("decoded regions do not cover the frame")
         return np.clip(np.rint(acc / wsum[None, :, :, None]), 0, 255).astype(np.uint8)
 
-    def iter_decoded(self, chunk: int = 8) -> Iterator[np.ndarray]:
-        """Yield decoded frames one at a time, reading ``chunk`` frames per pass."""
+    def iter_decoded(self, chunk: int | None = None) -> Iterator[np.ndarray]:
+        """Yield decoded frames one at a time, reading ``chunk`` frames per pass (default: the
+        stored frame chunk, so every chunk is read once)."""
         total = self.layout.decode.frames
+        chunk = chunk or self.layout.decode.frames_per_chunk
         for s in range(0, total, chunk):
             yield from self.decoded_frames(slice(s, min(total, s + chunk)))
 

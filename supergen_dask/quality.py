@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.toy import COLOURS, parse_prompt
+from supergen_dask import config
 from supergen_dask.metrics import (
     detail_gain,
     duplication,
@@ -54,7 +55,14 @@ def render_quality(plan: RenderPlan, store, frames: np.ndarray | None = None) ->
     bicubic-upscaled sketch. For prompts of the toy grammar, the prompted object is excluded from
     the seam and flicker statistics and counted (``object_counts``, ``exactly_one``).
     """
-    frames = store.decoded_frames() if frames is None else frames
+    window = slice(None)
+    if frames is None:
+        # long, large videos: measure a contiguous window of frames in the middle (flicker needs
+        # neighbours), so the record stays cheap next to the render
+        total, limit = plan.pixel_frames, int(config.get("quality.max-frames") or plan.pixel_frames)
+        start = max(0, (total - limit) // 2)
+        window = slice(start, start + min(total, limit))
+        frames = store.decoded_frames(window)
     colour = prompted_colour(plan.spec.prompt)
     mask = object_mask(frames, colour) if colour is not None else None
     scores = []
@@ -71,7 +79,7 @@ def render_quality(plan: RenderPlan, store, frames: np.ndarray | None = None) ->
         "temporal_flicker": temporal_flicker(frames, exclude_mask=mask),
     }
     if plan.sketch is not None:
-        out["detail_gain"] = detail_gain(frames, upscaled_sketch(plan, store.read_sketch_pixels()))
+        out["detail_gain"] = detail_gain(frames, upscaled_sketch(plan, store.read_sketch_pixels()[window]))
     if colour is not None:
         d = duplication(frames, colour)
         out.update(

@@ -232,3 +232,11 @@ def test_anchoring_changes_the_refinement(tmp_path, client):
     assert not np.array_equal(
         a.read_canvas("refine", "latents", last), b.read_canvas("refine", "latents", last)
     )
+
+
+def test_quality_of_long_videos_uses_a_middle_window(tmp_path, client):
+    import dask
+
+    with dask.config.set({"supergen.quality.max-frames": 5}):
+        result = sd.render(tiny_spec(), output_dir=tmp_path / "r", client=client, progress=False)
+    assert result.quality["frames"] == 5 and len(result.quality["object_counts"]) == 5
