@@ -171,10 +171,7 @@ def _evaluate(args) -> int:
             raise ValueError(f"unknown configs {sorted(unknown)}; allowed: {[c.name for c in configs]}")
         configs = [c for c in configs if c.name in args.configs]
     prompts = evaluation_prompts(args.prompts, seed=args.seed)
-    kw = _cluster_kwargs(args)
-    with client_for(
-        None, address=kw["address"], n_workers=kw["n_workers"], processes=kw["processes"]
-    ) as client:
+    with client_for(None, **_cluster_kwargs(args)) as client:
         rows = evaluate(
             prompts,
             args.scales,
@@ -239,10 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite = False
         print(plan.summary(), file=sys.stderr)
         print(f"render directory: {render_dir}", file=sys.stderr)
-        kw = _cluster_kwargs(args)
-        with client_for(
-            None, address=kw["address"], n_workers=kw["n_workers"], processes=kw["processes"]
-        ) as client:
+        with client_for(None, **_cluster_kwargs(args)) as client:
             result = run_render(plan, render_dir, client, progress=not args.no_progress, overwrite=overwrite)
         _print_result(result)
         return 0

@@ -17,7 +17,6 @@ import re
 import shutil
 import sys
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,7 +168,6 @@ class _Graph:
         self.args = (plan, store.url, store.instance)
         self.futures: list[Future] = []
         self.tiles: dict[TileKey, Future] = {}
-        self.named: dict[str, Future] = {}
         self.retries = int(config.get("tasks.retries") or 0)
         self.total_steps = plan.spec.num_inference_steps
 
@@ -195,7 +193,6 @@ class _Graph:
             return None
         key = (f"{name.split('_')[0]}-{self.run}", name)
         fut = self._submit(fn, *args, key=key, deps=deps, gpu=gpu, priority=priority)
-        self.named[name] = fut
         return fut
 
     def stage(self, name: str, entry: Future | None, prompt: Future | None) -> None:
@@ -307,7 +304,7 @@ class RenderJob:
             if status != "finished":
                 self.client.cancel(self.futures)
             workers = {
-                str(int(zlib.crc32(r["worker"].encode()))): r["worker"] for r in receipts if "worker" in r
+                str(int(tasks.worker_code(r["worker"]))): r["worker"] for r in receipts if "worker" in r
             }
             self._sessions[-1].update(
                 finished=_now(),

@@ -30,6 +30,7 @@ __all__ = [
     "decode_region",
     "encode_output",
     "measure_quality",
+    "worker_code",
     "worker_name",
 ]
 
@@ -43,7 +44,8 @@ def worker_name() -> str:
         return "local"
 
 
-def _worker_code(name: str) -> float:
+def worker_code(name: str) -> float:
+    """The number a worker's address is stored as in ``tile_stats`` (the driver maps it back)."""
     return float(zlib.crc32(name.encode()))
 
 
@@ -69,7 +71,8 @@ def _to_model(x: np.ndarray, device) -> torch.Tensor:
 
 def _to_store(x: torch.Tensor, dtype: str) -> np.ndarray:
     """Model layout ``(1, C, F, h, w)`` -> stored ``(F, C, h, w)``."""
-    return x[0].permute(1, 0, 2, 3).float().cpu().numpy().astype(dtype)
+    # no extra copy on the hot path: the store makes the one contiguous copy it writes
+    return x[0].permute(1, 0, 2, 3).float().cpu().numpy().astype(dtype, copy=False)
 
 
 def _to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -253,7 +256,7 @@ def denoise_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, sessio
             "forward_seconds": t_fwd,
             "write_seconds": t_write,
             "session": session,
-            "worker": _worker_code(worker),
+            "worker": worker_code(worker),
             "computed": 1,
         },
     )
