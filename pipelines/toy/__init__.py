@@ -16,6 +16,7 @@ from pipelines.toy.procedural import (
     make_batch,
     parse_prompt,
     render_scene,
+    render_scenes,
     sample_scene,
 )
 
@@ -35,5 +36,6 @@ __all__ = [
     "evaluation_scenes",
     "evaluation_prompts",
     "render_scene",
+    "render_scenes",
     "make_batch",
 ]

@@ -23,10 +23,13 @@ brightness is modulated only within ``BG_GAIN_RANGE``, so a Euclidean RGB colour
 from __future__ import annotations
 
 import itertools
+import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 __all__ = [
     "SHAPES",
@@ -44,6 +47,7 @@ __all__ = [
     "evaluation_scenes",
     "evaluation_prompts",
     "render_scene",
+    "render_scenes",
     "make_batch",
 ]
 
@@ -253,45 +257,118 @@ def _layout(scene: Scene, rng: np.random.Generator, height: int, width: int) -> 
     return start, end
 
 
-def _background(scene: Scene, rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Gain field (same shape as ``u``) in ``BG_GAIN_RANGE``; ``u``/``v`` are normalised x/y."""
-    lo, hi = BG_GAIN_RANGE
+def _background_params(rng: np.random.Generator) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """Gradient orientation and texture sinusoids (complex frequencies, phases, amplitudes)."""
     orient = int(rng.integers(4))
     freqs = rng.uniform(0.7, 2.5, size=4) * np.exp(1j * rng.uniform(0, 2 * np.pi, size=4))
     phases = rng.uniform(0, 2 * np.pi, size=4)
     amps = rng.uniform(0.5, 1.0, size=4)
-    if scene.bg_style == "gradient":
-        t = [v, 1 - v, (u + v) / 2, (1 - u + v) / 2][orient]
-    else:
-        s = sum(
-            a * np.sin(2 * np.pi * (f.real * u + f.imag * v) + p)
-            for a, f, p in zip(amps, freqs, phases, strict=True)
-        )
-        t = (s / amps.sum() + 1) / 2
+    return orient, freqs, phases, amps
+
+
+_SHAPE_INDEX = {name: i for i, name in enumerate(SHAPES)}
+_STYLE_INDEX = {name: i for i, name in enumerate(BG_STYLES)}
+
+
+def _scene_table(scenes: Sequence[Scene], height: int, width: int) -> dict[str, np.ndarray]:
+    """Per-scene parameters as arrays (one row per scene), drawn from each scene's own seed."""
+    rows = []
+    for scene in scenes:
+        rng = np.random.default_rng(scene.seed)
+        start, end = _layout(scene, rng, height, width)  # draws first: same layout at any size
+        orient, freqs, phases, amps = _background_params(rng)
+        rows.append((start, end, orient, freqs, phases, amps))
+    return {
+        "start": np.array([r[0] for r in rows]),
+        "end": np.array([r[1] for r in rows]),
+        "orient": np.array([r[2] for r in rows]),
+        "freq_u": np.array([r[3].real for r in rows]),
+        "freq_v": np.array([r[3].imag for r in rows]),
+        "phases": np.array([r[4] for r in rows]),
+        "amps": np.array([r[5] for r in rows]),
+        "shape": np.array([_SHAPE_INDEX[s.shape] for s in scenes]),
+        "style": np.array([_STYLE_INDEX[s.bg_style] for s in scenes]),
+        "diameter": np.array([SIZES[s.size] for s in scenes]),
+        "obj": np.array([s.colour_rgb for s in scenes], np.float64),
+        "bg": np.array([s.bg_rgb for s in scenes], np.float64),
+    }
+
+
+def _gain(p: dict[str, torch.Tensor], u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Background gain ``(B, H, W)`` in ``BG_GAIN_RANGE``; ``u`` is ``(1, 1, W)``, ``v`` ``(1, H, 1)``."""
+    lo, hi = BG_GAIN_RANGE
+    ramps = torch.stack(torch.broadcast_tensors(v, 1 - v, (u + v) / 2, (1 - u + v) / 2), dim=1)[
+        0
+    ]  # (4, H, W)
+    gradient = ramps[p["orient"]]
+    fu, fv = p["freq_u"][:, None, None, :], p["freq_v"][:, None, None, :]
+    arg = 2 * math.pi * (fu * u[..., None] + fv * v[..., None])  # (B, H, W, 4)
+    waves = p["amps"][:, None, None, :] * torch.sin(arg + p["phases"][:, None, None, :])
+    texture = (waves.sum(-1) / p["amps"].sum(-1)[:, None, None] + 1) / 2
+    t = torch.where((p["style"] == _STYLE_INDEX["gradient"])[:, None, None], gradient, texture)
     return lo + (hi - lo) * t
 
 
-def _sdf(scene: Scene, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Signed distance (shorter-side units, negative inside) to the shape centred at the origin.
+def _sdf(shape: torch.Tensor, d: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Signed distance (shorter-side units, negative inside) to shapes centred at the origin.
 
-    ``x`` to the right, ``y`` downwards.
+    ``shape`` (index into ``SHAPES``) and diameter ``d`` broadcast against ``x`` (to the right) and
+    ``y`` (downwards).
     """
-    d = SIZES[scene.size]
-    if scene.shape == "circle":
-        return np.hypot(x, y) - d / 2
-    if scene.shape == "square":
-        h = d * _SQUARE_SIDE / 2
-        qx, qy = np.abs(x) - h, np.abs(y) - h
-        outside = np.hypot(np.maximum(qx, 0), np.maximum(qy, 0))
-        return outside + np.minimum(np.maximum(qx, qy), 0)
+    circle = torch.hypot(x, y) - d / 2
+    h = d * _SQUARE_SIDE / 2
+    qx, qy = x.abs() - h, y.abs() - h
+    square = torch.hypot(qx.clamp_min(0), qy.clamp_min(0)) + torch.maximum(qx, qy).clamp_max(0)
     # equilateral triangle, apex up, centred at its centroid (after Inigo Quilez's sdEquilateralTriangle)
     r = d * _TRIANGLE_SIDE / 2
-    px = np.abs(x) - r
+    px = x.abs() - r
     py = -y + r / _SQRT3
     fold = px + _SQRT3 * py > 0
-    px, py = np.where(fold, (px - _SQRT3 * py) / 2, px), np.where(fold, (-_SQRT3 * px - py) / 2, py)
-    px = px - np.clip(px, -2 * r, 0)
-    return -np.hypot(px, py) * np.sign(py)
+    px, py = torch.where(fold, (px - _SQRT3 * py) / 2, px), torch.where(fold, (-_SQRT3 * px - py) / 2, py)
+    px = px - torch.minimum(torch.maximum(px, -2 * r), torch.zeros_like(px))
+    triangle = -torch.hypot(px, py) * torch.sign(py)
+    return torch.where(
+        shape == _SHAPE_INDEX["circle"],
+        circle,
+        torch.where(shape == _SHAPE_INDEX["square"], square, triangle),
+    )
+
+
+def render_scenes(
+    scenes: Sequence[Scene], height: int, width: int, frames: int, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """Render many scenes at once (on any torch device: training draws its data on the GPU).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(len(scenes), frames, height, width, 3)`` uint8 RGB on ``device``; row ``i`` is
+        ``render_scene(scenes[i], ...)``.
+    """
+    if height < 1 or width < 1 or frames < 1:
+        raise ValueError(f"bad size {frames}x{height}x{width}")
+    table = _scene_table(scenes, height, width)
+    f32 = {"dtype": torch.float32, "device": device}
+    p = {
+        k: torch.as_tensor(a, device=device) if a.dtype.kind == "i" else torch.as_tensor(a, **f32)
+        for k, a in table.items()
+    }
+    u = ((torch.arange(width, **f32) + 0.5) / width).view(1, 1, width)
+    v = ((torch.arange(height, **f32) + 0.5) / height).view(1, height, 1)
+    bg = _gain(p, u, v)[..., None] * p["bg"][:, None, None, :]  # (B, H, W, 3)
+
+    t = torch.linspace(0.0, 1.0, frames, **f32) if frames > 1 else torch.zeros(1, **f32)
+    centre = p["start"][:, None, :] + t[None, :, None] * (p["end"] - p["start"])[:, None, :]  # (B, F, 2)
+    short = float(min(height, width))
+    # pixel-centre offsets from the object centre, in shorter-side units: (B, F, 1, W) and (B, F, H, 1)
+    x = (u[:, None] - centre[:, :, 0, None, None]) * (width / short)
+    y = (v[:, None] - centre[:, :, 1, None, None]) * (height / short)
+    per_scene = (-1, 1, 1, 1)
+    sdf = _sdf(p["shape"].view(per_scene), p["diameter"].view(per_scene), x, y)  # (B, F, H, W)
+    cover = (0.5 - sdf * short).clamp(0.0, 1.0)[..., None]  # one-pixel ramp
+    obj = p["obj"][:, None, None, None, :]
+    video = bg[:, None] + cover * (obj - bg[:, None])
+    return video.round().clamp(0, 255).to(torch.uint8)
 
 
 def render_scene(scene: Scene, height: int, width: int, frames: int) -> np.ndarray:
@@ -312,25 +389,7 @@ def render_scene(scene: Scene, height: int, width: int, frames: int) -> np.ndarr
     np.ndarray
         ``(frames, height, width, 3)`` uint8 RGB.
     """
-    if height < 1 or width < 1 or frames < 1:
-        raise ValueError(f"bad size {frames}x{height}x{width}")
-    rng = np.random.default_rng(scene.seed)
-    start, end = _layout(scene, rng, height, width)
-    u = ((np.arange(width, dtype=np.float32) + 0.5) / width)[None, :]
-    v = ((np.arange(height, dtype=np.float32) + 0.5) / height)[:, None]
-    gain = _background(scene, rng, u, v).astype(np.float32)
-    bg = gain[..., None] * np.asarray(scene.bg_rgb, np.float32)  # (H, W, 3)
-
-    t = np.linspace(0.0, 1.0, frames, dtype=np.float32) if frames > 1 else np.zeros(1, np.float32)
-    centre = start[None, :] + t[:, None] * (end - start)[None, :]  # (F, 2) frame fractions
-    short = float(min(height, width))
-    # pixel-centre offsets from the object centre, in shorter-side units
-    x = (u[None] - centre[:, 0, None, None].astype(np.float32)) * (width / short)
-    y = (v[None] - centre[:, 1, None, None].astype(np.float32)) * (height / short)
-    cover = np.clip(0.5 - _sdf(scene, x, y) * short, 0.0, 1.0)[..., None]  # one-pixel ramp
-    obj = np.asarray(scene.colour_rgb, np.float32)
-    video = bg[None] + cover * (obj - bg[None])
-    return np.clip(np.rint(video), 0, 255).astype(np.uint8)
+    return render_scenes([scene], height, width, frames)[0].numpy()
 
 
 def make_batch(
@@ -345,10 +404,5 @@ def make_batch(
     prompts : list of str
         ``prompts[i]`` describes ``videos[i]``.
     """
-    videos = np.empty((n, frames, height, width, 3), np.uint8)
-    prompts = []
-    for i in range(n):
-        scene = sample_scene(rng)
-        videos[i] = render_scene(scene, height, width, frames)
-        prompts.append(scene.prompt)
-    return videos, prompts
+    scenes = [sample_scene(rng) for _ in range(n)]
+    return render_scenes(scenes, height, width, frames).numpy(), [s.prompt for s in scenes]

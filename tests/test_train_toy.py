@@ -1,0 +1,75 @@
+"""The toy's training script, as a smoke run on the CPU (the real run is on a GPU, see benchmarks/)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipelines import load_backend
+from pipelines.toy import render_scene, render_scenes, sample_scene
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("train_toy", ROOT / "scripts" / "train_toy.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("train_toy", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_batched_rendering_equals_one_by_one():
+    rng = np.random.default_rng(3)
+    scenes = [sample_scene(rng) for _ in range(6)]
+    batch = render_scenes(scenes, 40, 56, 4)
+    assert batch.shape == (6, 4, 40, 56, 3) and batch.dtype == torch.uint8
+    for scene, clip in zip(scenes, batch, strict=True):
+        np.testing.assert_array_equal(clip.numpy(), render_scene(scene, 40, 56, 4))
+
+
+def test_device_batches_are_seeded():
+    train = _script()
+    a, b = train.device_batches(3, seed=5, device="cpu"), train.device_batches(3, seed=5, device="cpu")
+    for _ in range(2):
+        (clips_a, prompts_a), (clips_b, prompts_b) = next(a), next(b)
+        assert torch.equal(clips_a, clips_b) and prompts_a == prompts_b
+    c = train.device_batches(3, seed=6, device="cpu")
+    assert not torch.equal(next(c)[0], clips_a)
+
+
+def test_smoke_run_writes_a_loadable_toy_and_a_report(tmp_path):
+    train = _script()
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--tiny", "--max-steps", "3", "--batch", "4", "--data", "device"]
+    args += [
+        "--eval-prompts",
+        "2",
+        "--holdout-prompts",
+        "3",
+        "--eval-steps",
+        "2",
+        "3",
+        "--eval-guidance",
+        "3",
+        "5",
+    ]
+    assert train.main(args) == 0
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["steps"] == 3 and len(report["loss_log"]) == 1
+    sweep = report["sampling_sweep"]
+    assert len(sweep["grid"]) == 4 and sweep["holdout"]["n"] == 3
+    info = json.loads((out / "toy" / "supergen.json").read_text())
+    assert info["default_steps"] == sweep["chosen"]["steps"]
+    assert info["default_guidance"] == sweep["chosen"]["guidance"]
+    assert info["native_accuracy"] == sweep["holdout"]["accuracy"]
+    held = {s["prompt"] for s in sweep["holdout"]["samples"]}
+    assert held and not held & set(train.evaluation_prompts_for_selection(2))
+    backend = load_backend(str(out / "toy"), device="cpu", dtype=torch.float32)
+    assert backend.info.default_steps == sweep["chosen"]["steps"]
+    assert (out / "native_samples.png").stat().st_size > 0
