@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.core.sync import sync
 
 from storage.layout import DecodeRegion, RenderLayout, StageLayout
 
@@ -337,6 +338,39 @@ class RenderStore:
     def tasks_done(self) -> dict[str, bool]:
         flags = self.array("task_done")[...]
         return {t: bool(flags[i]) for i, t in enumerate(self.layout.tasks)}
+
+    # -- disk -----------------------------------------------------------------------------------
+    def is_finished(self) -> bool:
+        """Every tile of every stage and every other task done."""
+        tiles = all(self.done_mask(st.name).all() for st in self.layout.stages)
+        return tiles and all(self.tasks_done().values())
+
+    def prune_intermediate(self) -> int:
+        """Free the space that only resuming and step-by-step inspection need, once finished.
+
+        Deletes the chunks of every stage's latents before its last step and of all scheduler
+        state (most of a render's bytes: each step keeps a full canvas of latents and history).
+        Array metadata stays, so pruned steps read as NaN in ``open_render``; the final latents,
+        the start and anchor latents, the decoded frames, the video and every record remain.
+        Returns the number of chunk groups (one step of latents, or one state array) deleted.
+
+        Raises
+        ------
+        RuntimeError
+            If the render is not finished (a resume would need what this deletes).
+        """
+        if not self.is_finished():
+            raise RuntimeError(f"{self.url}: only a finished render can be pruned")
+        prefixes = []
+        for st in self.layout.stages:
+            prefixes += [f"{st.name}/latents/c/{i}" for i in range(len(st.steps) - 1)]
+            prefixes += [f"{st.name}/state_{name}/c" for name, _ in st.state_slots]
+        store = self.root.store_path.store
+        base = self.root.store_path.path
+        for prefix in prefixes:
+            sync(store.delete_dir(f"{base}/{prefix}" if base else prefix))
+        self.update_attrs(pruned=True)
+        return len(prefixes)
 
     # -- prompt embeddings ----------------------------------------------------------------------
     def write_prompt_embeds(self, negative: np.ndarray, positive: np.ndarray) -> None:

@@ -23,6 +23,11 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--address", help="connect to an existing Dask scheduler (tcp://host:8786)")
     g.add_argument("--workers", type=int, help="local workers (default: one per GPU, else 2 on CPU)")
     g.add_argument(
+        "--workers-per-gpu",
+        type=int,
+        help="worker processes sharing each GPU (default 1; more suits small models such as the toy)",
+    )
+    g.add_argument(
         "--threads",
         action="store_true",
         help="run local CPU workers as threads of this process instead of processes",
@@ -83,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--root", default="renders/evaluate", help="where the evaluation renders go (they resume)")
     e.add_argument("--out", default="reports/quality", help="report path without extension (.json and .md)")
+    e.add_argument("--chunk", type=int, default=16, help="renders in flight at a time (default 16)")
+    e.add_argument(
+        "--keep-latents",
+        action="store_true",
+        help="keep every step's latents and scheduler state (default: pruned once a render is measured)",
+    )
+    e.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="REPORT_JSON",
+        help="render nothing: merge these evaluate reports (e.g. 4x from one machine, 16x from another) into --out",
+    )
     _add_cluster_args(e)
 
     sub.add_parser("models", help="list the built-in models")
@@ -148,7 +165,12 @@ def spec_from_args(args: argparse.Namespace):
 
 
 def _cluster_kwargs(args) -> dict[str, Any]:
-    return {"address": args.address, "n_workers": args.workers, "processes": False if args.threads else None}
+    return {
+        "address": args.address,
+        "n_workers": args.workers,
+        "processes": False if args.threads else None,
+        "workers_per_gpu": args.workers_per_gpu,
+    }
 
 
 def _print_result(result) -> None:
@@ -161,8 +183,20 @@ def _evaluate(args) -> int:
     from pipelines import model_info
     from pipelines.toy import evaluation_prompts
     from supergen_dask.cluster import client_for
-    from supergen_dask.evaluate import evaluate, markdown_table, standard_configs, summarise, write_report
+    from supergen_dask.evaluate import (
+        evaluate,
+        markdown_table,
+        merge_reports,
+        standard_configs,
+        summarise,
+        write_report,
+    )
 
+    if args.merge:
+        json_path, md_path = merge_reports(args.merge, args.out)
+        print(md_path.read_text())
+        print(f"report: {json_path} {md_path}")
+        return 0
     steps = args.num_inference_steps or model_info(args.model).default_steps
     configs = standard_configs(steps, tuple(args.strengths), args.anchor)
     if args.configs:
@@ -182,6 +216,8 @@ def _evaluate(args) -> int:
             num_inference_steps=steps,
             seed=args.seed,
             progress=not args.no_progress,
+            chunk=args.chunk,
+            keep_latents=args.keep_latents,
         )
     settings = {
         "model": args.model,

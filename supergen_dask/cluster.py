@@ -29,11 +29,18 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def make_cluster(n_workers: int | None = None, processes: bool | None = None, gpu: bool | None = None):
+def make_cluster(
+    n_workers: int | None = None,
+    processes: bool | None = None,
+    gpu: bool | None = None,
+    workers_per_gpu: int | None = None,
+):
     """A local cluster whose every worker holds one ``GPU`` resource slot.
 
     With GPUs (``gpu`` None = detect): one worker process per GPU via dask-cuda (the ``[gpu]``
-    extra), imported only here. Without: ``n_workers`` single-threaded CPU workers.
+    extra), imported only here; or, with ``workers_per_gpu`` > 1, that many plain worker processes
+    per GPU, each pinned to GPU ``name % gpus`` (``worker_models.worker_device``). Without GPUs:
+    ``n_workers`` single-threaded CPU workers.
     """
     dashboard = config.get("cluster.dashboard-address")
     # Every HTTP endpoint on localhost: the scheduler serves health routes even without a
@@ -46,6 +53,20 @@ def make_cluster(n_workers: int | None = None, processes: bool | None = None, gp
     n_gpus = gpu_count() if gpu is None or gpu else 0
     if gpu and not n_gpus:
         raise RuntimeError("a GPU cluster was asked for but this machine has no CUDA device")
+    share = int(
+        workers_per_gpu if workers_per_gpu is not None else config.get("cluster.workers-per-gpu") or 1
+    )
+    if share < 1:
+        raise ValueError(f"workers_per_gpu must be >= 1, got {share}")
+    if n_gpus and share > 1:
+        return LocalCluster(
+            n_workers=n_workers or n_gpus * share,
+            threads_per_worker=1,
+            processes=True,
+            resources={"GPU": 1},
+            host="127.0.0.1",
+            **web,
+        )
     if n_gpus:
         try:
             from dask_cuda import LocalCUDACluster
@@ -82,6 +103,7 @@ def client_for(
     address: str | None = None,
     n_workers: int | None = None,
     processes: bool | None = None,
+    workers_per_gpu: int | None = None,
 ) -> Iterator[Client]:
     """Yield ``client`` if given, else connect to ``address`` (or ``supergen.cluster.address``),
     else start a local cluster for the duration of the block."""
@@ -93,5 +115,8 @@ def client_for(
         with Client(address) as c:
             yield c
         return
-    with make_cluster(n_workers=n_workers, processes=processes) as cluster, Client(cluster) as c:
+    with (
+        make_cluster(n_workers=n_workers, processes=processes, workers_per_gpu=workers_per_gpu) as cluster,
+        Client(cluster) as c,
+    ):
         yield c

@@ -30,12 +30,22 @@ import numpy as np
 
 from pipelines import model_info
 from pipelines.toy import Scene, render_scene
+from storage import RenderStore
 from supergen_dask.graph import RenderResult, render_batch
 from supergen_dask.metrics import object_mask, seam_score, temporal_flicker
 from supergen_dask.quality import prompted_colour, step_grid_lines
 from supergen_dask.spec import AnchorSettings, RenderSpec, ShiftSettings
 
-__all__ = ["EvalConfig", "standard_configs", "evaluate", "summarise", "markdown_table", "write_report"]
+__all__ = [
+    "EvalConfig",
+    "standard_configs",
+    "evaluate",
+    "summarise",
+    "markdown_table",
+    "machine_info",
+    "write_report",
+    "merge_reports",
+]
 
 
 @dataclass(frozen=True)
@@ -96,8 +106,15 @@ def evaluate(
     num_inference_steps: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    chunk: int | None = 16,
+    keep_latents: bool = False,
 ) -> list[dict[str, Any]]:
-    """Render every (prompt, scale, config) and return one row of metrics per render."""
+    """Render every (prompt, scale, config) and return one row of metrics per render.
+
+    Renders run ``chunk`` at a time (None: all at once). Unless ``keep_latents``, each finished
+    render's intermediate latents and scheduler state are pruned
+    (``RenderStore.prune_intermediate``): at 16x a render keeps hundreds of MB per step otherwise.
+    """
     info = model_info(model)
     steps = num_inference_steps or info.default_steps
     jobs: list[tuple[str, float, EvalConfig, RenderSpec]] = []
@@ -121,7 +138,16 @@ def evaluate(
                 )
                 jobs.append((prompt, scale, cfg, spec))
     t0 = time.perf_counter()
-    results: list[RenderResult] = render_batch([j[3] for j in jobs], client, root, progress=progress)
+    results: list[RenderResult] = []
+    size = chunk or len(jobs)
+    for i in range(0, len(jobs), size):
+        part = render_batch([j[3] for j in jobs[i : i + size]], client, root, progress=progress)
+        if not keep_latents:
+            for result in part:
+                store = RenderStore.open(str(result.store_path))
+                if not store.attrs.get("pruned"):
+                    store.prune_intermediate()
+        results += part
     rows = []
     for (prompt, scale, cfg, spec), result in zip(jobs, results, strict=True):
         q = dict(result.quality or {})
@@ -200,26 +226,96 @@ def markdown_table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(rows: list[dict[str, Any]], out: str | Path, settings: dict[str, Any]) -> tuple[Path, Path]:
-    """``<out>.json`` (every render's metrics, the summary, settings, machine) and ``<out>.md``."""
+def machine_info() -> dict[str, Any]:
+    """Where a report's renders ran."""
     import torch
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    summary = summarise(rows)
-    machine = {
+    return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def write_report(
+    rows: list[dict[str, Any]],
+    out: str | Path,
+    settings: dict[str, Any],
+    parts: list[dict[str, Any]] | None = None,
+) -> tuple[Path, Path]:
+    """``<out>.json`` (every render's metrics, the summary, settings, machine) and ``<out>.md``.
+
+    ``parts`` (from ``merge_reports``) lists the runs a merged report is made of, each with its
+    own machine, scales and configurations.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = summarise(rows)
+    machine = machine_info()
     payload = {"settings": settings, "machine": machine, "summary": summary, "renders": rows}
+    if parts:
+        payload["parts"] = parts
     json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
     json_path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    if parts:
+        where = "\n".join(
+            f"- scales {', '.join(f'{x:g}x' for x in p['scales'])}, configurations {', '.join(p['configs'])}: "
+            f"{p['renders']} renders on {p['machine']}"
+            for p in parts
+        )
+    else:
+        where = f"Machine: {machine}."
     md_path.write_text(
         f"# Quality report\n\nModel `{settings.get('model')}`, {settings.get('num_inference_steps')} steps, "
-        f"seed {settings.get('seed')}, {len({r['prompt'] for r in rows})} prompts. Machine: {machine}.\n\n"
+        f"seed {settings.get('seed')}, {len({r['prompt'] for r in rows})} prompts.\n\n{where}\n\n"
         + markdown_table(summary)
         + "\n"
     )
     return json_path, md_path
+
+
+def merge_reports(paths: list[str | Path], out: str | Path) -> tuple[Path, Path]:
+    """One report from several ``evaluate`` runs of the same model, steps and seed (say, one scale
+    on a GPU machine and another on a laptop); each run's machine is kept with its renders.
+
+    Raises
+    ------
+    ValueError
+        If the runs differ in model, steps or seed, or render the same (prompt, scale, config).
+    """
+    if not paths:
+        raise ValueError("nothing to merge")
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    keys = ("model", "num_inference_steps", "seed")
+    first = reports[0]["settings"]
+    for path, rep in zip(paths, reports, strict=True):
+        diff = [k for k in keys if rep["settings"].get(k) != first.get(k)]
+        if diff:
+            raise ValueError(f"{path} differs from {paths[0]} in {diff}; only like runs merge")
+    rows, seen, parts = [], set(), []
+    for path, rep in zip(paths, reports, strict=True):
+        for row in rep["renders"]:
+            key = (row["prompt"], row["scale"], row["config"])
+            if key in seen:
+                raise ValueError(f"{path} repeats render {key}")
+            seen.add(key)
+            rows.append({**row, "machine": rep["machine"]})
+        parts.append(
+            {
+                "report": str(path),
+                "machine": rep["machine"],
+                "scales": sorted({r["scale"] for r in rep["renders"]}),
+                "configs": rep["settings"].get("configs"),
+                "renders": len(rep["renders"]),
+            }
+        )
+    settings = {
+        **{k: first.get(k) for k in keys},
+        "scales": sorted({s for r in reports for s in r["settings"].get("scales", [])}),
+        "strengths": sorted({s for r in reports for s in r["settings"].get("strengths", [])}),
+        "anchor": first.get("anchor"),
+        "configs": sorted({c for r in reports for c in r["settings"].get("configs", [])}, key=_order),
+        "prompts": sorted({p for r in reports for p in r["settings"].get("prompts", [])}),
+    }
+    return write_report(rows, out, settings, parts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import zlib
 
 import torch
 
@@ -30,11 +31,10 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def worker_device() -> str:
     """``cuda`` when this process sees a GPU (and the config allows), else ``cpu``."""
     want = config.get("device", "auto")
-    if want == "cpu":
-        return "cpu"
-    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-        return "cuda"
-    return "cpu"
+    use_cuda = want == "cuda" or (want == "auto" and torch.cuda.is_available())
+    device = "cuda" if use_cuda else "cpu"
+    _configure_torch(device)  # once per process, before anything lands on a device
+    return device
 
 
 def _configure_torch(device: str) -> None:
@@ -44,7 +44,21 @@ def _configure_torch(device: str) -> None:
     threads = config.get("worker.torch-threads")
     if device == "cpu" and threads:
         torch.set_num_threads(int(threads))
+    if device == "cuda" and torch.cuda.device_count() > 1:
+        # Workers sharing GPUs (cluster.workers-per-gpu) see them all: spread them by name.
+        # dask-cuda's workers see one GPU each and skip this.
+        torch.cuda.set_device(_worker_index() % torch.cuda.device_count())
     _THREADS_SET = True
+
+
+def _worker_index() -> int:
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except ValueError:  # not inside a worker
+        return 0
+    return name if isinstance(name, int) else zlib.crc32(str(name).encode())
 
 
 def get_backend(model: str, dtype: str) -> VideoBackend:

@@ -38,6 +38,11 @@ def test_asking_for_gpus_without_any_is_a_clear_error():
         make_cluster(gpu=True)
 
 
+def test_workers_per_gpu_must_be_positive():
+    with pytest.raises(ValueError, match="workers_per_gpu"):
+        make_cluster(workers_per_gpu=0)
+
+
 def test_client_for_reuses_a_given_client():
     with make_cluster(n_workers=1, processes=False, gpu=False) as cluster, Client(cluster) as client:
         with client_for(client) as same:

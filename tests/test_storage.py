@@ -119,3 +119,36 @@ def test_decoded_regions_blend_to_the_frame(tmp_path):
     cy, cx, ch, cw = (v * d.scale for v in reg.core)
     assert np.all(out[:, : cy + ch - 2 * d.scale, : cx + cw - 2 * d.scale] == 0)
     assert np.all(out <= truth)
+
+
+def test_prune_keeps_the_last_step_and_refuses_unfinished_renders(tmp_path):
+    url = str(tmp_path / "s.zarr")
+    store = create_render_store(url, _layout(), {})
+    rng = np.random.default_rng(1)
+    canvases = {step: rng.standard_normal((2, 3, 16, 24)).astype(np.float32) for step in (4, 5, 6)}
+    st_ = store.stage("refine")
+    for step, canvas in canvases.items():
+        _write_canvas(store, step, canvas)
+        for r in range(st_.rows):
+            for c in range(st_.cols):
+                store.write_tile("refine", "state_model_outputs", step, r, c, np.ones((2, 2, 3, 8, 8)))
+                if step != 6 or (r, c) != (0, 0):
+                    store.mark_done("refine", step, r, c, {})
+    store.mark_task_done("prompt")
+    store.mark_task_done("encode")
+    with pytest.raises(RuntimeError, match="finished"):  # one tile of the last step is missing
+        store.prune_intermediate()
+    assert np.isfinite(store.read_canvas("refine", "latents", 4)).all()
+    store.mark_done("refine", 6, 0, 0, {})
+    assert store.is_finished()
+    before = sum(f.stat().st_size for f in (tmp_path / "s.zarr").rglob("*") if f.is_file())
+    assert store.prune_intermediate() == 2 + 1
+    after = sum(f.stat().st_size for f in (tmp_path / "s.zarr").rglob("*") if f.is_file())
+    assert after < before / 2
+    reopened = RenderStore.open(url)
+    assert reopened.attrs["pruned"] is True
+    np.testing.assert_array_equal(reopened.read_canvas("refine", "latents", 6), canvases[6])
+    assert np.isnan(reopened.read_canvas("refine", "latents", 4)).all()
+    assert np.isnan(reopened.read_canvas("refine", "latents", 5)).all()
+    assert np.isnan(reopened.array("refine/state_model_outputs")[...]).all()
+    assert reopened.done_mask("refine").all()  # the record of the work stays
