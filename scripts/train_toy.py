@@ -113,7 +113,9 @@ def to_latents(clips: torch.Tensor, vae: SpaceToDepthAutoencoder) -> torch.Tenso
 
 
 @torch.no_grad()
-def native_accuracy(backend, prompts: list[str], steps: int, guidance: float, device: str, seed: int) -> dict:
+def native_accuracy(
+    backend, prompts: list[str], steps: int, guidance: float, device: str, seed: int, chunk: int = 256
+) -> dict:
     """Sample ``prompts`` at native size through the backend code renders use; count the objects."""
     from pipelines.schedulers import make_scheduler
     from supergen_dask.metrics import duplication
@@ -125,15 +127,19 @@ def native_accuracy(backend, prompts: list[str], steps: int, guidance: float, de
     info = backend.info
     g = torch.Generator(device=device).manual_seed(seed)
     h, w = info.native_latent_hw
-    x = torch.randn(n, info.latent_channels, FRAMES, h, w, generator=g, device=device)
-    sched = make_scheduler(info.scheduler_class, info.scheduler_config)
-    sched.set_timesteps(steps, device=device)
-    for t in sched.timesteps:
-        out = backend.predict(torch.cat([x, x]), t.expand(2 * n), torch.cat([neg, pos]))
-        u, c = out.chunk(2)
-        x = sched.step(u + guidance * (c - u), t, x, return_dict=False)[0]
-    video = backend.vae_decode(x)
-    frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
+    noise = torch.randn(n, info.latent_channels, FRAMES, h, w, generator=g, device=device)
+    frames = []
+    for i in range(0, n, chunk):  # bounded memory for large prompt sets
+        x, m = noise[i : i + chunk], len(noise[i : i + chunk])
+        cond = torch.cat([neg[i : i + chunk], pos[i : i + chunk]])
+        sched = make_scheduler(info.scheduler_class, info.scheduler_config)
+        sched.set_timesteps(steps, device=device)
+        for t in sched.timesteps:
+            u, c = backend.predict(torch.cat([x, x]), t.expand(2 * m), cond).chunk(2)
+            x = sched.step(u + guidance * (c - u), t, x, return_dict=False)[0]
+        video = backend.vae_decode(x)
+        frames.append(((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu())
+    frames = torch.cat(frames).numpy()
     results = []
     for p, clip in zip(prompts, frames, strict=True):
         d = duplication(clip, COLOURS[parse_prompt(p)["colour"]])
@@ -186,8 +192,9 @@ def sampling_sweep(toy_dir: Path, args, device: str) -> dict:
     return {"grid": grid, "chosen": {"steps": best["steps"], "guidance": best["guidance"]}, "holdout": final}
 
 
-def save_grid(frames: np.ndarray, path: Path, cols: int = 8) -> None:
-    """Middle frames of the samples as one PNG (for a human look)."""
+def save_grid(frames: np.ndarray, path: Path, cols: int = 8, limit: int = 128) -> None:
+    """Middle frames of the first ``limit`` samples as one PNG (for a human look)."""
+    frames = frames[:limit]
     from PIL import Image
 
     mids = frames[:, frames.shape[1] // 2]
