@@ -15,8 +15,8 @@ from supergen_dask.cli import main
 def test_resolution_fills_model_defaults_and_is_stable():
     spec = RenderSpec(prompt="a red circle").resolved()
     assert spec.model == "toy-wan"  # the shipped toy is the default model
-    assert (spec.height, spec.width, spec.num_frames, spec.num_inference_steps) == (128, 128, 9, 20)
-    assert spec.refine_steps == 12 and spec.guidance_scale == 4.0 and spec.fps == 8  # k = 0.6 of the schedule
+    assert (spec.height, spec.width, spec.num_frames, spec.num_inference_steps) == (128, 128, 9, 30)
+    assert spec.refine_steps == 18 and spec.guidance_scale == 7.0 and spec.fps == 8  # k = 0.6 of the schedule
     tiny = RenderSpec(prompt="a red circle", model="tiny-random-wan").resolved()
     assert (tiny.num_inference_steps, tiny.refine_steps) == (10, 9)  # Wan's default: k = 0.9
     assert spec.resolved() == spec and spec.token() == RenderSpec(prompt="a red circle").resolved().token()
