@@ -130,7 +130,8 @@ def native_accuracy(
     noise = torch.randn(n, info.latent_channels, FRAMES, h, w, generator=g, device=device)
     frames = []
     for i in range(0, n, chunk):  # bounded memory for large prompt sets
-        x, m = noise[i : i + chunk], len(noise[i : i + chunk])
+        x = noise[i : i + chunk]
+        m = len(x)
         cond = torch.cat([neg[i : i + chunk], pos[i : i + chunk]])
         sched = make_scheduler(info.scheduler_class, info.scheduler_config)
         sched.set_timesteps(steps, device=device)

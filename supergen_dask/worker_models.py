@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-import zlib
 
 import torch
 
@@ -52,13 +51,16 @@ def _configure_torch(device: str) -> None:
 
 
 def _worker_index() -> int:
-    try:
-        from distributed import get_worker
+    """The worker's name if it is a number (local clusters number theirs), else its stored code."""
+    from distributed import get_worker
 
+    from supergen_dask.tasks import worker_code  # tasks imports this module
+
+    try:
         name = get_worker().name
     except ValueError:  # not inside a worker
         return 0
-    return name if isinstance(name, int) else zlib.crc32(str(name).encode())
+    return name if isinstance(name, int) else int(worker_code(str(name)))
 
 
 def get_backend(model: str, dtype: str) -> VideoBackend:
