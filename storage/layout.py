@@ -19,7 +19,9 @@ class StageLayout:
     ``steps`` are the schedule indices the stage runs; ``offsets[i]`` is the grid offset of step
     ``steps[i]``. The latents written by a step are stored rolled by that step's offset, so each of
     its tiles is exactly one chunk; ``start`` (the stage's input) is stored in the first step's grid,
-    and so is ``anchor`` (the clean upscaled sketch) when the stage mixes it in.
+    and so is ``anchor`` (the clean upscaled sketch) when the stage mixes it in. ``branches`` > 0
+    stores each guidance branch's model output per step (``prediction``) when the branches run as
+    separate tasks.
     """
 
     name: str
@@ -37,6 +39,7 @@ class StageLayout:
     state_slots: tuple[tuple[str, int], ...] = ()
     dtype: str = "float32"
     anchor: bool = False
+    branches: int = 0
 
     def __post_init__(self) -> None:
         if not (len(self.steps) == len(self.timesteps) == len(self.offsets)) or not self.steps:

@@ -34,6 +34,7 @@ STAT_FIELDS = (
     "session",
     "worker",
     "computed",
+    "gpu",
 )
 
 _FORMAT = "supergen-render/1"
@@ -143,6 +144,18 @@ def create_render_store(
                 (1, slots, F, C, th, tw),
                 "float32",
                 ("step", f"{name}_slot", "frame", "channel", "y", "x"),
+                np.nan,
+                **big,
+            )
+        if st.branches:
+            # classifier-free guidance split into one task per branch: one chunk per (step, branch)
+            arr(
+                g,
+                "prediction",
+                (n, st.branches, F, C, H, W),
+                (1, 1, F, C, th, tw),
+                "float32",
+                ("step", "branch", "frame", "channel", "y", "x"),
                 np.nan,
                 **big,
             )
@@ -266,25 +279,41 @@ class RenderStore:
 
     # -- tiles ----------------------------------------------------------------------------------
     def write_tile(
-        self, stage: str, name: str, step: int | None, row: int, col: int, data: np.ndarray
+        self,
+        stage: str,
+        name: str,
+        step: int | None,
+        row: int,
+        col: int,
+        data: np.ndarray,
+        sub: tuple[int, ...] = (),
     ) -> None:
         """Write the chunk of tile (row, col) of ``step``'s grid. ``data`` is ``(..., tile_h, tile_w)``
-        without the step axis; ``name`` is ``latents``, ``start``, ``anchor`` or ``state_<x>``."""
+        without the step axis; ``name`` is ``latents``, ``start``, ``anchor``, ``state_<x>`` or
+        ``prediction``; ``sub`` indexes the axes after the step (the branch of a prediction)."""
         st = self.stage(stage)
         a = self.array(f"{stage}/{name}")
         ys, xs = slice(row * st.tile_h, (row + 1) * st.tile_h), slice(col * st.tile_w, (col + 1) * st.tile_w)
-        lead = () if step is None else (st.step_index(step),)
+        lead = (() if step is None else (st.step_index(step),)) + tuple(sub)
         middle = (slice(None),) * (a.ndim - len(lead) - 2)
         a[lead + middle + (ys, xs)] = np.ascontiguousarray(data)
 
     def read_region(
-        self, stage: str, name: str, step: int | None, y0: int, x0: int, h: int, w: int
+        self,
+        stage: str,
+        name: str,
+        step: int | None,
+        y0: int,
+        x0: int,
+        h: int,
+        w: int,
+        sub: tuple[int, ...] = (),
     ) -> np.ndarray:
         """Read a window of the canvas (wrapping at the edges) from a step's rolled array."""
         st = self.stage(stage)
         a = self.array(f"{stage}/{name}")
         oy, ox = st.offset_of(step)
-        lead = () if step is None else (st.step_index(step),)
+        lead = (() if step is None else (st.step_index(step),)) + tuple(sub)
         middle = (slice(None),) * (a.ndim - len(lead) - 2)
         rows = []
         for ya, yn in _pieces(y0 - oy, h, st.canvas_h):
@@ -312,7 +341,8 @@ class RenderStore:
         if unknown:
             raise KeyError(f"unknown stat fields {sorted(unknown)}; allowed: {STAT_FIELDS}")
         row_values = np.array([stats.get(f, np.nan) for f in STAT_FIELDS], dtype=np.float64)
-        self.array(f"{stage}/tile_stats")[i, row, col, :] = row_values
+        table = self.array(f"{stage}/tile_stats")
+        table[i, row, col, :] = row_values[: table.shape[-1]]
         self.array(f"{stage}/done")[i, row, col] = 1
 
     def done_mask(self, stage: str) -> np.ndarray:
@@ -321,7 +351,8 @@ class RenderStore:
 
     def tile_stats(self, stage: str) -> dict[str, np.ndarray]:
         a = self.array(f"{stage}/tile_stats")[...]
-        return {f: a[..., i] for i, f in enumerate(STAT_FIELDS)}
+        # stores made before a field existed have fewer columns
+        return {f: a[..., i] for i, f in enumerate(STAT_FIELDS[: a.shape[-1]])}
 
     def task_index(self, task: str) -> int:
         try:
@@ -365,6 +396,8 @@ class RenderStore:
         for st in self.layout.stages:
             prefixes += [f"{st.name}/latents/c/{i}" for i in range(len(st.steps) - 1)]
             prefixes += [f"{st.name}/state_{name}/c" for name, _ in st.state_slots]
+            if st.branches:
+                prefixes.append(f"{st.name}/prediction/c")
         store = self.root.store_path.store
         base = self.root.store_path.path
         for prefix in prefixes:

@@ -8,6 +8,7 @@ Local schedulers and dashboards bind to localhost.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from collections.abc import Iterator
 
@@ -15,7 +16,7 @@ from distributed import Client, LocalCluster
 
 from supergen_dask import config
 
-__all__ = ["gpu_count", "make_cluster", "client_for"]
+__all__ = ["gpu_count", "make_cluster", "client_for", "visible_devices_for"]
 
 
 def gpu_count() -> int:
@@ -39,7 +40,7 @@ def make_cluster(
 
     With GPUs (``gpu`` None = detect): one worker process per GPU via dask-cuda (the ``[gpu]``
     extra), imported only here; or, with ``workers_per_gpu`` > 1, that many plain worker processes
-    per GPU, each pinned to GPU ``name % gpus`` (``worker_models.worker_device``). Without GPUs:
+    per GPU, each pinned to its card through ``CUDA_VISIBLE_DEVICES``. Without GPUs:
     ``n_workers`` single-threaded CPU workers.
     """
     dashboard = config.get("cluster.dashboard-address")
@@ -59,14 +60,7 @@ def make_cluster(
     if share < 1:
         raise ValueError(f"workers_per_gpu must be >= 1, got {share}")
     if n_gpus and share > 1:
-        return LocalCluster(
-            n_workers=n_workers or n_gpus * share,
-            threads_per_worker=1,
-            processes=True,
-            resources={"GPU": 1},
-            host="127.0.0.1",
-            **web,
-        )
+        return _shared_gpu_cluster(n_workers or n_gpus * share, n_gpus, web)
     if n_gpus:
         try:
             from dask_cuda import LocalCUDACluster
@@ -74,7 +68,7 @@ def make_cluster(
             raise RuntimeError("GPU workers need dask-cuda: pip install 'supergen-dask[gpu]'") from exc
         return LocalCUDACluster(
             n_workers=n_workers or config.get("cluster.n-workers") or n_gpus,
-            threads_per_worker=1,
+            threads_per_worker=int(config.get("cluster.threads-per-gpu-worker") or 1),
             resources={"GPU": 1},
             device_memory_limit=0,
             memory_limit=0,
@@ -95,6 +89,29 @@ def make_cluster(
         **web,
         **network,
     )
+
+
+def visible_devices_for(index: int, n_gpus: int) -> str:
+    """``CUDA_VISIBLE_DEVICES`` of the worker pinned to card ``index``: every card, rotated so that
+    its own comes first (dask-cuda's convention), so ``cuda:0`` inside the worker is that card."""
+    return ",".join(str((index + i) % n_gpus) for i in range(n_gpus))
+
+
+def _shared_gpu_cluster(n_workers: int, n_gpus: int, web: dict) -> LocalCluster:
+    """``n_workers`` single-threaded worker processes spread round-robin over ``n_gpus`` cards,
+    each pinned through its own ``CUDA_VISIBLE_DEVICES`` (set by its nanny before CUDA starts)."""
+    cluster = LocalCluster(
+        n_workers=0, threads_per_worker=1, processes=True, resources={"GPU": 1}, host="127.0.0.1", **web
+    )
+    for i in range(n_workers):
+        spec = copy.deepcopy(cluster.new_spec)
+        options = spec.setdefault("options", {})
+        options["env"] = {**options.get("env", {}), "CUDA_VISIBLE_DEVICES": visible_devices_for(i, n_gpus)}
+        options["name"] = i
+        cluster.worker_spec[i] = spec
+    cluster.scale(n_workers)  # starts the specs above
+    cluster.wait_for_workers(n_workers)
+    return cluster
 
 
 @contextlib.contextmanager

@@ -40,9 +40,10 @@ class TileKey:
     row: int
     col: int
 
-    def task_key(self, token: str) -> tuple[str, str, int, int, int]:
-        """Dask key: one stable prefix per task kind, unique per render via ``token``."""
-        return (f"denoise-{token}", self.stage, self.step, self.row, self.col)
+    def task_key(self, token: str, kind: str = "denoise", *extra: int) -> tuple:
+        """Dask key: one stable prefix per task kind (Dask estimates durations per prefix),
+        unique per render via ``token``."""
+        return (f"{kind}-{token}", self.stage, self.step, self.row, self.col, *extra)
 
 
 def axis_cover(start: int, length: int, size: int, tile: int, offset: int) -> list[int]:

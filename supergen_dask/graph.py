@@ -195,7 +195,9 @@ class _Graph:
         fut = self._submit(fn, *args, key=key, deps=deps, gpu=gpu, priority=priority)
         return fut
 
-    def stage(self, name: str, entry: Future | None, prompt: Future | None) -> None:
+    def stage(self, name: str, entry: Future | dict | None, prompt: Future | None) -> None:
+        """Submit a stage's unfinished tile steps. ``entry`` is the stage's start: one future, or
+        a future per tile of its first step (``(row, col) -> future``)."""
         st = self.plan.stage(name)
         done = self.store.done_mask(name)
         for i, step in enumerate(st.steps):
@@ -203,32 +205,80 @@ class _Graph:
                 if done[i, key.row, key.col]:
                     continue
                 if step == st.first:
-                    deps = [entry, prompt]
+                    start = entry.get((key.row, key.col)) if isinstance(entry, dict) else entry
+                    deps = [start, prompt]
                 else:
                     deps = [self.tiles.get(d) for d in st.dependencies(key)]
-                self.tiles[key] = self._submit(
-                    tasks.denoise_tile,
-                    key,
-                    self.session,
-                    key=key.task_key(self.run),
-                    deps=deps,
-                    priority=self.total_steps - step,
-                )
+                priority = self.total_steps - step
+                if st.split_guidance:
+                    branches = [
+                        self._submit(
+                            tasks.predict_branch,
+                            key,
+                            b,
+                            key=key.task_key(self.run, "predict", b),
+                            deps=deps,
+                            priority=priority,
+                        )
+                        for b in (0, 1)
+                    ]
+                    self.tiles[key] = self._submit(
+                        tasks.combine_branches,
+                        key,
+                        self.session,
+                        key=key.task_key(self.run, "combine"),
+                        deps=branches,
+                        gpu=False,
+                        priority=priority,
+                    )
+                else:
+                    self.tiles[key] = self._submit(
+                        tasks.denoise_tile,
+                        key,
+                        self.session,
+                        key=key.task_key(self.run),
+                        deps=deps,
+                        priority=priority,
+                    )
+
+    def warm(self) -> None:
+        """Load the denoiser on every worker first thing, so no GPU waits for it in stage 2."""
+        if all(self.store.done_mask(st.name).all() for st in self.plan.stages):
+            return
+        spec = self.plan.spec
+        for i, address in enumerate(sorted(self.client.scheduler_info()["workers"])):
+            fut = self.client.submit(
+                tasks.warm_worker,
+                spec.model,
+                spec.dtype,
+                key=(f"warm-{self.run}", i),
+                workers=[address],
+                allow_other_workers=False,
+                priority=self.total_steps + 3,
+                pure=False,
+            )
+            self.futures.append(fut)
 
     def build(self) -> None:
         plan = self.plan
+        self.warm()
         prompt = self.named_task("prompt", tasks.encode_prompt, priority=self.total_steps + 2)
+        rf = plan.refine
         if plan.sketch is not None:
             init = self.named_task("sketch_init", tasks.init_stage, "sketch", priority=self.total_steps + 1)
             self.stage("sketch", init, prompt)
             last = [self.tiles.get(k) for k in plan.sketch.keys(plan.sketch.last)]
-            entry = self.named_task(
-                "upscale", tasks.upscale_sketch, deps=last, priority=self.total_steps - plan.refine.first + 1
-            )
+            priority = self.total_steps - rf.first + 1
+            pixels = self.named_task("upscale", tasks.upscale_sketch, deps=last, priority=priority)
+            entry = {
+                (r, c): self.named_task(
+                    f"start_{r}_{c}", tasks.encode_start, r, c, deps=[pixels], priority=priority
+                )
+                for r, c in rf.grid.tiles()
+            }
         else:
             entry = self.named_task("refine_init", tasks.init_stage, "refine", priority=self.total_steps + 1)
         self.stage("refine", entry, prompt)
-        rf = plan.refine
         decodes = []
         for i, reg in enumerate(plan.decode_regions()):
             wy, wx, wh, ww = reg.window
@@ -306,12 +356,14 @@ class RenderJob:
             workers = {
                 str(int(tasks.worker_code(r["worker"]))): r["worker"] for r in receipts if "worker" in r
             }
+            gpus = {str(int(tasks.worker_code(r["gpu"]))): r["gpu"] for r in receipts if "gpu" in r}
             self._sessions[-1].update(
                 finished=_now(),
                 status=status,
                 tasks=len(self.futures),
                 seconds=round(time.perf_counter() - self._t0, 3),
                 workers=workers,
+                gpus=gpus,
             )
             self.store.update_attrs(sessions=self._sessions)
             for fut in self.futures:

@@ -32,6 +32,9 @@ class StagePlan:
     timesteps: tuple[float, ...]
     latent_frames: int
     channels: int
+    # classifier-free guidance as two tasks per step (one per branch, on different GPUs) plus a
+    # small combine task; the sketch does this, since it is one tile and would use one GPU
+    split_guidance: bool = False
 
     @property
     def first(self) -> int:
@@ -86,6 +89,7 @@ class StagePlan:
             state_slots=tuple(sorted(slots.items())),
             dtype=dtype,
             anchor=anchor,
+            branches=2 if self.split_guidance else 0,
         )
 
     def to_dict(self) -> dict:
@@ -97,6 +101,7 @@ class StagePlan:
             "timesteps": list(self.timesteps),
             "latent_frames": self.latent_frames,
             "channels": self.channels,
+            "split_guidance": self.split_guidance,
         }
 
     @classmethod
@@ -109,6 +114,7 @@ class StagePlan:
             timesteps=tuple(d["timesteps"]),
             latent_frames=d["latent_frames"],
             channels=d["channels"],
+            split_guidance=bool(d.get("split_guidance", False)),
         )
 
 
@@ -123,6 +129,7 @@ class RenderPlan:
     sketch: StagePlan | None
     refine: StagePlan
     decode_margin: int
+    upscale_margin: int = 8
 
     # -- derived ----------------------------------------------------------------------------------
     @property
@@ -177,6 +184,7 @@ class RenderPlan:
         names.append("sketch_init" if self.sketch is not None else "refine_init")
         if self.sketch is not None:
             names.append("upscale")
+            names += [f"start_{r}_{c}" for r, c in self.refine.grid.tiles()]
         names += [f"decode_{r.row}_{r.col}" for r in self.decode_regions()]
         names.append("encode")
         return tuple(names)
@@ -240,6 +248,7 @@ class RenderPlan:
             "sketch": None if self.sketch is None else self.sketch.to_dict(),
             "refine": self.refine.to_dict(),
             "decode_margin": self.decode_margin,
+            "upscale_margin": self.upscale_margin,
         }
 
     @classmethod
@@ -253,6 +262,7 @@ class RenderPlan:
             sketch=None if d["sketch"] is None else StagePlan.from_dict(d["sketch"]),
             refine=StagePlan.from_dict(d["refine"]),
             decode_margin=d["decode_margin"],
+            upscale_margin=d.get("upscale_margin", 8),
         )
 
 
@@ -322,7 +332,14 @@ def plan_render(spec: RenderSpec) -> RenderPlan:
         sh, sw = round_up(sh, p), round_up(sw, p)
         sgrid = TileGrid.single(sh, sw)
         sketch = StagePlan(
-            "sketch", sgrid, ShiftSchedule.none(sgrid), tuple(range(T)), tuple(timesteps), frames, C
+            "sketch",
+            sgrid,
+            ShiftSchedule.none(sgrid),
+            tuple(range(T)),
+            tuple(timesteps),
+            frames,
+            C,
+            split_guidance=spec.guidance_scale > 1.0 and bool(config.get("sketch.split-guidance")),
         )
 
     return RenderPlan(
@@ -333,4 +350,5 @@ def plan_render(spec: RenderSpec) -> RenderPlan:
         sketch=sketch,
         refine=refine,
         decode_margin=int(config.get("decode.margin")),
+        upscale_margin=int(config.get("upscale.margin")),
     )

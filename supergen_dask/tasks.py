@@ -14,19 +14,23 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from supergen_dask import config, worker_models
 from supergen_dask.geometry import TileKey
 from supergen_dask.noise import position_noise, window_noise
 from supergen_dask.plan import RenderPlan, StagePlan
 from supergen_dask.stepping import RegionStep, initial_noise_sigma, renoise
+from supergen_dask.upscale import context_window, upscale_window
 
 __all__ = [
     "encode_prompt",
     "init_stage",
     "denoise_tile",
+    "predict_branch",
+    "combine_branches",
+    "warm_worker",
     "upscale_sketch",
+    "encode_start",
     "decode_region",
     "encode_output",
     "measure_quality",
@@ -56,7 +60,14 @@ def _store(url: str, instance: str):
 
 
 def _receipt(kind: str, name: str, t0: float, **extra: Any) -> dict[str, Any]:
-    return {"task": kind, "name": name, "worker": worker_name(), "seconds": time.perf_counter() - t0, **extra}
+    return {
+        "task": kind,
+        "name": name,
+        "worker": worker_name(),
+        "seconds": time.perf_counter() - t0,
+        "finished": time.time(),
+        **extra,
+    }
 
 
 def _sync(device: torch.device) -> None:
@@ -126,75 +137,88 @@ def init_stage(plan: RenderPlan, url: str, instance: str, stage_name: str, *deps
     return _receipt("init", task, t0)
 
 
+def warm_worker(model: str, dtype: str) -> dict:
+    """Load the denoiser on this worker now (while the sketch runs), not when stage 2 reaches it."""
+    t0 = time.perf_counter()
+    backend = worker_models.get_backend(model, dtype)
+    backend.load_transformer()
+    _sync(backend.device)
+    return _receipt("warm", "warm", t0, gpu=worker_models.gpu_identity())
+
+
 def upscale_sketch(plan: RenderPlan, url: str, instance: str, *deps) -> dict:
-    """Decode the finished sketch, upscale it bicubically in pixel space, pad it to the canvas,
-    encode it (tiled VAE) and re-noise it to the first refinement step."""
+    """Decode the finished sketch to pixels (the refinement tiles upscale and encode their own
+    windows of it: ``encode_start``)."""
     t0 = time.perf_counter()
     store = _store(url, instance)
     if store.task_is_done("upscale"):
         return _receipt("upscale", "upscale", t0, skipped=True)
     backend = worker_models.get_backend(plan.spec.model, plan.spec.dtype)
-    device = backend.device
-    sk, rf = plan.sketch, plan.refine
-    z = _to_model(store.read_canvas("sketch", "latents", sk.last), device)
-    video = backend.vae_decode(z)  # (1, 3, F, h, w) in [-1, 1]
-    store.write_sketch_pixels(_to_uint8(video))
-
-    f = plan.model.spatial_factor
-    H, W = plan.spec.height, plan.spec.width
-    CH, CW = rf.grid.canvas_h * f, rf.grid.canvas_w * f
-    frames = video[0].permute(1, 0, 2, 3)  # (F, 3, h, w)
-    up = F.interpolate(frames, size=(H, W), mode="bicubic", align_corners=False).clamp(-1, 1)
-    ph, pw = CH - H, CW - W
-    if ph or pw:
-        mode = "reflect" if ph < H and pw < W else "replicate"
-        up = F.pad(up, (0, pw, 0, ph), mode=mode)
-    z = backend.vae_encode(up.permute(1, 0, 2, 3)[None])  # (1, C, F, CH/f, CW/f)
-    expected = (rf.latent_frames, rf.grid.canvas_h, rf.grid.canvas_w)
-    if tuple(z.shape[2:]) != expected:
-        raise RuntimeError(f"VAE encode gave latents {tuple(z.shape)}, expected (*, *, {expected})")
-    g = rf.grid
-    noise = position_noise(
-        plan.spec.seed, "refine", rf.latent_frames, rf.channels, 0, 0, g.canvas_h, g.canvas_w
-    )
-    noise = noise.permute(1, 0, 2, 3)[None].to(z.device)
-    start = renoise(plan.scheduler, rf.first, z.float(), noise)
-    _write_start(store, rf, start, plan.spec.output.store_dtype)
-    if plan.anchored:
-        _write_start(store, rf, z.float(), "float32", name="anchor")
+    sk = plan.sketch
+    z = _to_model(store.read_canvas("sketch", "latents", sk.last), backend.device)
+    store.write_sketch_pixels(_to_uint8(backend.vae_decode(z)))
     store.mark_task_done("upscale")
     return _receipt("upscale", "upscale", t0)
 
 
-# -- the tile task --------------------------------------------------------------------------------
-def denoise_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, session: int, *deps) -> dict:
-    """One denoising step of one tile: read the tile's window of the previous step (and the
-    scheduler history of that region), predict with classifier-free guidance, update the region
-    with the scheduler, write the tile's chunks, mark it done."""
-    t0, started = time.perf_counter(), time.time()
+def encode_start(plan: RenderPlan, url: str, instance: str, row: int, col: int, *deps) -> dict:
+    """One refinement tile's start: its window of the bicubically upscaled (and padded) sketch,
+    VAE-encoded with ``plan.upscale_margin`` cells of context, re-noised to the first refinement
+    step and written as the tile's ``start`` chunk (and ``anchor``, when anchoring)."""
+    t0 = time.perf_counter()
+    task = f"start_{row}_{col}"
     store = _store(url, instance)
-    name = f"{key.stage}/{key.step}/{key.row}/{key.col}"
-    if store.is_done(key.stage, key.step, key.row, key.col):
-        return _receipt("denoise", name, t0, skipped=True)
+    if store.task_is_done(task):
+        return _receipt("start", task, t0, skipped=True)
+    backend = worker_models.get_backend(plan.spec.model, plan.spec.dtype)
+    rf = plan.refine
+    g, f, m = rf.grid, plan.model.spatial_factor, plan.upscale_margin
+    key = TileKey("refine", rf.first, row, col)
+    y0, x0 = rf.origin(key)
+    ylo, yhi = context_window(y0, g.tile_h, m, g.canvas_h)
+    xlo, xhi = context_window(x0, g.tile_w, m, g.canvas_w)
+    pixels = upscale_window(
+        store.read_sketch_pixels(),
+        (plan.spec.height, plan.spec.width),
+        (g.canvas_h * f, g.canvas_w * f),
+        (ylo * f, yhi * f),
+        (xlo * f, xhi * f),
+        device=backend.device,
+    )
+    z = backend.vae_encode(pixels)  # (1, C, F, yhi - ylo, xhi - xlo)
+    expected = (rf.latent_frames, yhi - ylo, xhi - xlo)
+    if tuple(z.shape[2:]) != expected:
+        raise RuntimeError(f"VAE encode gave latents {tuple(z.shape)}, expected (*, *, {expected})")
+    z = z[..., y0 - ylo : y0 - ylo + g.tile_h, x0 - xlo : x0 - xlo + g.tile_w].float()
+    noise = position_noise(
+        plan.spec.seed, "refine", rf.latent_frames, rf.channels, y0, x0, g.tile_h, g.tile_w
+    )
+    start = renoise(plan.scheduler, rf.first, z, noise.permute(1, 0, 2, 3)[None].to(z.device))
+    store.write_tile("refine", "start", None, row, col, _to_store(start, plan.spec.output.store_dtype))
+    if plan.anchored:
+        store.write_tile("refine", "anchor", None, row, col, _to_store(z, "float32"))
+    store.mark_task_done(task)
+    return _receipt("start", task, t0)
+
+
+# -- the tile tasks -------------------------------------------------------------------------------
+def _tile_input(store, plan: RenderPlan, key: TileKey, device, with_state: bool = True):
+    """The sample a tile step starts from (anchored if the plan says so) and the scheduler as it
+    stands before the step, with the region's history loaded when ``with_state``."""
     st = plan.stage(key.stage)
     g = st.grid
     y0, x0 = st.origin(key)
     first = key.step == st.first
     prev = None if first else key.step - 1
-
-    backend = worker_models.get_backend(plan.spec.model, plan.spec.dtype)
-    backend.load_transformer()
-    device = backend.device
-    t_read0 = time.perf_counter()
     x = store.read_region(key.stage, "start" if first else "latents", prev, y0, x0, g.tile_h, g.tile_w)
     region = RegionStep(plan.scheduler, st.first, key.step)
-    state = {}
-    for sname, slots in region.present().items():
-        if slots:
-            arr = store.read_region(key.stage, f"state_{sname}", prev, y0, x0, g.tile_h, g.tile_w)
-            state[sname] = {s: _to_model(arr[s], device) for s in slots}
-    region.load(state)
-    neg, pos = worker_models.prompt_embeds(store, device)
+    if with_state:
+        state = {}
+        for sname, slots in region.present().items():
+            if slots:
+                arr = store.read_region(key.stage, f"state_{sname}", prev, y0, x0, g.tile_h, g.tile_w)
+                state[sname] = {s: _to_model(arr[s], device) for s in slots}
+        region.load(state)
     sample = _to_model(x, device)
     weight = plan.anchor_weight(key.step) if key.stage == "refine" else 0.0
     if weight > 0:
@@ -214,23 +238,14 @@ def denoise_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, sessio
         )
         anchor = renoise(plan.scheduler, key.step, clean, eps.permute(1, 0, 2, 3)[None].to(device))
         sample = (1 - weight) * sample + weight * anchor
-    t_read = time.perf_counter() - t_read0
+    return sample, region
 
-    t_fwd0 = time.perf_counter()
-    model_in = region.scale_model_input(sample)
-    t = region.timestep.to(device)
-    if plan.cfg:
-        out = backend.predict(torch.cat([model_in, model_in]), t.expand(2), torch.stack([neg, pos]), (y0, x0))
-        uncond, cond = out.chunk(2)
-        noise_pred = uncond + plan.spec.guidance_scale * (cond - uncond)
-    else:
-        noise_pred = backend.predict(model_in, t.expand(1), pos[None], (y0, x0))
-    new, new_state = region.step(noise_pred.float(), sample)
-    _sync(device)
-    t_fwd = time.perf_counter() - t_fwd0
 
+def _finish_tile(store, plan: RenderPlan, key: TileKey, new, new_state, stats: dict) -> tuple[float, dict]:
+    """Write a stepped tile's latents and scheduler history, then its done marker (last)."""
+    st = plan.stage(key.stage)
+    g = st.grid
     t_write0 = time.perf_counter()
-    dtype = plan.spec.output.store_dtype
     slots = plan.state_slots
     for sname, values in new_state.items():
         arr = np.full(
@@ -239,36 +254,125 @@ def denoise_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, sessio
         for s, v in values.items():
             arr[s] = _to_store(v, "float32")
         store.write_tile(key.stage, f"state_{sname}", key.step, key.row, key.col, arr)
-    store.write_tile(key.stage, "latents", key.step, key.row, key.col, _to_store(new, dtype))
-    t_write = time.perf_counter() - t_write0
-
-    worker = worker_name()
-    seconds = time.perf_counter() - t0
+    store.write_tile(
+        key.stage, "latents", key.step, key.row, key.col, _to_store(new, plan.spec.output.store_dtype)
+    )
+    stats["write_seconds"] = time.perf_counter() - t_write0
+    stats["seconds"] = time.perf_counter() - stats.pop("t0")
+    worker, gpu = worker_name(), worker_models.gpu_identity()
     store.mark_done(
         key.stage,
         key.step,
         key.row,
         key.col,
-        {
-            "started": started,
-            "seconds": seconds,
-            "read_seconds": t_read,
-            "forward_seconds": t_fwd,
-            "write_seconds": t_write,
-            "session": session,
-            "worker": worker_code(worker),
-            "computed": 1,
-        },
+        {**stats, "worker": worker_code(worker), "gpu": worker_code(gpu)},
     )
-    return {
-        "task": "denoise",
-        "name": name,
-        "worker": worker,
-        "seconds": seconds,
+    stats.pop("session", None)
+    stats.pop("computed", None)
+    return stats["seconds"], {"worker": worker, "gpu": gpu, "finished": time.time(), **stats}
+
+
+def denoise_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, session: int, *deps) -> dict:
+    """One denoising step of one tile: read the tile's window of the previous step (and the
+    scheduler history of that region), predict with classifier-free guidance, update the region
+    with the scheduler, write the tile's chunks, mark it done."""
+    t0, started = time.perf_counter(), time.time()
+    store = _store(url, instance)
+    name = f"{key.stage}/{key.step}/{key.row}/{key.col}"
+    if store.is_done(key.stage, key.step, key.row, key.col):
+        return _receipt("denoise", name, t0, skipped=True)
+    st = plan.stage(key.stage)
+    backend = worker_models.get_backend(plan.spec.model, plan.spec.dtype)
+    backend.load_transformer()
+    device = backend.device
+    t_read0 = time.perf_counter()
+    sample, region = _tile_input(store, plan, key, device)
+    neg, pos = worker_models.prompt_embeds(store, device)
+    t_read = time.perf_counter() - t_read0
+
+    t_fwd0 = time.perf_counter()
+    model_in = region.scale_model_input(sample)
+    t = region.timestep.to(device)
+    offset = st.origin(key)
+    if plan.cfg:
+        out = backend.predict(torch.cat([model_in, model_in]), t.expand(2), torch.stack([neg, pos]), offset)
+        uncond, cond = out.chunk(2)
+        noise_pred = guided(uncond, cond, plan.spec.guidance_scale)
+    else:
+        noise_pred = backend.predict(model_in, t.expand(1), pos[None], offset)
+    new, new_state = region.step(noise_pred.float(), sample)
+    _sync(device)
+    t_fwd = time.perf_counter() - t_fwd0
+    stats = {"t0": t0, "started": started, "read_seconds": t_read, "forward_seconds": t_fwd}
+    stats.update(session=session, computed=1)
+    seconds, extra = _finish_tile(store, plan, key, new, new_state, stats)
+    return {"task": "denoise", "name": name, **extra, "seconds": seconds}
+
+
+def guided(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: ``uncond + scale * (cond - uncond)``."""
+    return uncond + scale * (cond - uncond)
+
+
+def predict_branch(plan: RenderPlan, url: str, instance: str, key: TileKey, branch: int, *deps) -> dict:
+    """One guidance branch (0: negative prompt, 1: prompt) of one tile step: the model output,
+    written to the tile's ``prediction`` chunk of that branch. The two branches of a step run as
+    separate tasks, on different GPUs when there are several; ``combine_branches`` steps the tile."""
+    t0, started = time.perf_counter(), time.time()
+    store = _store(url, instance)
+    name = f"{key.stage}/{key.step}/{key.row}/{key.col}/{'cond' if branch else 'uncond'}"
+    if store.is_done(key.stage, key.step, key.row, key.col):
+        return _receipt("predict", name, t0, skipped=True)
+    st = plan.stage(key.stage)
+    backend = worker_models.get_backend(plan.spec.model, plan.spec.dtype)
+    backend.load_transformer()
+    device = backend.device
+    sample, region = _tile_input(store, plan, key, device, with_state=False)
+    embeds = worker_models.prompt_embeds(store, device)[branch]
+    t_fwd0 = time.perf_counter()
+    model_in = region.scale_model_input(sample)
+    out = backend.predict(model_in, region.timestep.to(device).expand(1), embeds[None], st.origin(key))
+    _sync(device)
+    t_fwd = time.perf_counter() - t_fwd0
+    store.write_tile(
+        key.stage, "prediction", key.step, key.row, key.col, _to_store(out, "float32"), sub=(branch,)
+    )
+    return _receipt(
+        "predict", name, t0, started=started, forward_seconds=t_fwd, gpu=worker_models.gpu_identity()
+    )
+
+
+def combine_branches(plan: RenderPlan, url: str, instance: str, key: TileKey, session: int, *deps) -> dict:
+    """Guidance from the two stored branch outputs, then the scheduler step of the tile, on the
+    CPU (element-wise and small; the same bytes whichever worker runs it)."""
+    t0, started = time.perf_counter(), time.time()
+    store = _store(url, instance)
+    name = f"{key.stage}/{key.step}/{key.row}/{key.col}"
+    if store.is_done(key.stage, key.step, key.row, key.col):
+        return _receipt("denoise", name, t0, skipped=True)
+    st = plan.stage(key.stage)
+    g = st.grid
+    y0, x0 = st.origin(key)
+    t_read0 = time.perf_counter()
+    sample, region = _tile_input(store, plan, key, "cpu")
+    uncond, cond = (
+        _to_model(
+            store.read_region(key.stage, "prediction", key.step, y0, x0, g.tile_h, g.tile_w, sub=(b,)), "cpu"
+        )
+        for b in (0, 1)
+    )
+    t_read = time.perf_counter() - t_read0
+    t_step0 = time.perf_counter()
+    new, new_state = region.step(guided(uncond, cond, plan.spec.guidance_scale), sample)
+    stats = {
+        "t0": t0,
+        "started": started,
         "read_seconds": t_read,
-        "forward_seconds": t_fwd,
-        "write_seconds": t_write,
+        "forward_seconds": time.perf_counter() - t_step0,
     }
+    stats.update(session=session, computed=1)
+    seconds, extra = _finish_tile(store, plan, key, new, new_state, stats)
+    return {"task": "denoise", "name": name, **extra, "seconds": seconds}
 
 
 # -- output ---------------------------------------------------------------------------------------

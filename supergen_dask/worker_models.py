@@ -15,7 +15,7 @@ import torch
 from pipelines import VideoBackend, load_backend
 from supergen_dask import config
 
-__all__ = ["worker_device", "get_backend", "prompt_embeds", "load_count", "clear"]
+__all__ = ["worker_device", "gpu_identity", "get_backend", "prompt_embeds", "load_count", "clear"]
 
 _LOCK = threading.Lock()
 _BACKENDS: dict[tuple[str, str, str], VideoBackend] = {}
@@ -43,24 +43,21 @@ def _configure_torch(device: str) -> None:
     threads = config.get("worker.torch-threads")
     if device == "cpu" and threads:
         torch.set_num_threads(int(threads))
-    if device == "cuda" and torch.cuda.device_count() > 1:
-        # Workers sharing GPUs (cluster.workers-per-gpu) see them all: spread them by name.
-        # dask-cuda's workers see one GPU each and skip this.
-        torch.cuda.set_device(_worker_index() % torch.cuda.device_count())
+    # On CUDA a worker always computes on its ``cuda:0``: dask-cuda hands each worker every GPU in
+    # a rotated CUDA_VISIBLE_DEVICES ("1,0") whose first entry is its own card, the cluster
+    # factory pins workers that share cards the same way, and a worker of an existing cluster
+    # uses the first card it was given. Choosing by worker name here once put every dask-cuda
+    # worker of a 2-GPU machine on one card.
     _THREADS_SET = True
 
 
-def _worker_index() -> int:
-    """The worker's name if it is a number (local clusters number theirs), else its stored code."""
-    from distributed import get_worker
-
-    from supergen_dask.tasks import worker_code  # tasks imports this module
-
-    try:
-        name = get_worker().name
-    except ValueError:  # not inside a worker
-        return 0
-    return name if isinstance(name, int) else int(worker_code(str(name)))
+def gpu_identity() -> str:
+    """The physical card this process computes on (its UUID), or ``cpu``."""
+    if not torch.cuda.is_available() or config.get("device", "auto") == "cpu":
+        return "cpu"
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    uuid = getattr(props, "uuid", None)
+    return f"GPU-{uuid}" if uuid is not None else f"{props.name}:{getattr(props, 'pci_bus_id', '?')}"
 
 
 def get_backend(model: str, dtype: str) -> VideoBackend:

@@ -75,3 +75,36 @@ def test_workers_started_outside_the_repository_import_the_project(tmp_path, mon
             return storage.__file__
 
         assert client.submit(where).result().endswith("storage/__init__.py")
+
+
+def test_dask_cuda_workers_compute_on_their_own_card(monkeypatch):
+    """dask-cuda gives worker 1 of a 2-GPU machine ``CUDA_VISIBLE_DEVICES="1,0"``: its own card is
+    ``cuda:0``. Selecting ``name % device_count`` (device 1) would put it on physical GPU 0, beside
+    worker 0, and leave the second card idle."""
+    import distributed
+    import torch
+
+    from supergen_dask import worker_models
+
+    chosen = []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: chosen[-1] if chosen else 0)
+    monkeypatch.setattr(distributed, "get_worker", lambda: type("W", (), {"name": 1})())
+    monkeypatch.setattr(worker_models, "_THREADS_SET", False)
+    assert worker_models.worker_device() == "cuda"
+    assert torch.cuda.current_device() == 0, f"worker 1 picked device {chosen}"
+
+
+def test_workers_sharing_cards_are_pinned_round_robin():
+    from supergen_dask.cluster import _shared_gpu_cluster, visible_devices_for
+
+    assert visible_devices_for(0, 2) == "0,1" and visible_devices_for(1, 2) == "1,0"
+    assert visible_devices_for(5, 4) == "1,2,3,0"
+    web = {"dashboard_address": None, "worker_dashboard_address": "127.0.0.1:0"}
+    with _shared_gpu_cluster(3, 2, web) as cluster, Client(cluster) as client:
+        seen = client.run(lambda dask_worker: (dask_worker.name, os.environ["CUDA_VISIBLE_DEVICES"]))
+        assert sorted(seen.values()) == [(0, "0,1"), (1, "1,0"), (2, "0,1")]
+        assert all(w["resources"] == {"GPU": 1} for w in client.scheduler_info()["workers"].values())

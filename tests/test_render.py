@@ -47,8 +47,11 @@ def _reference_stage(plan, store: RenderStore, stage_name: str) -> list[torch.Te
         for r, c in g.tiles():
             sl = (..., slice(r * g.tile_h, (r + 1) * g.tile_h), slice(c * g.tile_w, (c + 1) * g.tile_w))
             tile = rolled_in[sl]
-            out = backend.predict(torch.cat([tile, tile]), t.expand(2), torch.stack([neg, pos]))
-            u, cnd = out.chunk(2)
+            if st.split_guidance:  # the plan runs each guidance branch as its own batch of one
+                u, cnd = (backend.predict(tile, t.expand(1), e[None]) for e in (neg, pos))
+            else:
+                out = backend.predict(torch.cat([tile, tile]), t.expand(2), torch.stack([neg, pos]))
+                u, cnd = out.chunk(2)
             rolled_pred[sl] = u + plan.spec.guidance_scale * (cnd - u)
         fused = torch.roll(rolled_pred, (oy, ox), (-2, -1))
         x = sched.step(fused, t, x, return_dict=False)[0]
