@@ -1,0 +1,51 @@
+"""The scaling benchmark's bookkeeping (its GPU runs happen on the device machine)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+spec = importlib.util.spec_from_file_location(
+    "scaling", Path(__file__).resolve().parents[1] / "benchmarks" / "scaling.py"
+)
+scaling = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(scaling)
+
+
+def _r(task, name, start, seconds, worker="w0", **kw):
+    return {"task": task, "name": name, "finished": start + seconds, "seconds": seconds, "worker": worker, **kw}
+
+
+def test_stage_spans_and_gpu_busy_from_receipts():
+    receipts = [
+        _r("prompt", "prompt", 0, 2),
+        _r("init", "sketch_init", 2, 0.1),
+        _r("predict", "sketch/0/0/0/uncond", 2.1, 1, "w0"),
+        _r("predict", "sketch/0/0/0/cond", 2.1, 1, "w1"),
+        _r("denoise", "sketch/0/0/0", 3.1, 0.1, "w0"),
+        _r("upscale", "upscale", 3.2, 1),
+        _r("start", "start_0_0", 4.2, 1, "w1"),
+        _r("denoise", "refine/1/0/0", 5.2, 2, "w0"),
+        _r("denoise", "refine/1/0/1", 5.2, 2, "w1"),
+        _r("denoise", "refine/1/0/1", 5.2, 2, "w1", skipped=True),
+        _r("decode", "decode_0_0", 7.2, 1),
+        _r("encode", "encode", 8.2, 2),
+        _r("quality", "quality", 8.2, 1, "w1"),
+    ]
+    out = scaling.summarise(receipts, wall=10.2, split_sketch=True)
+    assert out["prompt_seconds"] == 2 and out["stage1_seconds"] == pytest.approx(1.2)
+    assert out["upscale_seconds"] == pytest.approx(2) and out["stage2_seconds"] == pytest.approx(2)
+    assert out["decode_seconds"] == 1 and out["encode_seconds"] == 2 and out["end_to_end_seconds"] == 10.2
+    # the sketch's combine and the encode are CPU tasks; a skipped receipt did no work
+    assert out["gpu_busy_fraction"] == {"w0": round(7 / 10.2, 3), "w1": round(4 / 10.2, 3)}
+
+
+def test_merge_refuses_runs_from_different_cards(tmp_path):
+    import json
+
+    for n, card in ((1, "H100"), (2, "H200")):
+        (tmp_path / f"{n}.json").write_text(json.dumps({"gpus": n, "machine": {"gpu": card}}))
+    with pytest.raises(SystemExit, match="different cards"):
+        scaling.merge([str(tmp_path / "1.json"), str(tmp_path / "2.json")])
