@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 __all__ = ["SCHEDULER_ALIASES", "make_scheduler", "resolve_scheduler"]
@@ -55,11 +57,23 @@ def resolve_scheduler(
     return cls, {**config, **extra}
 
 
+_IMPORT_LOCK = threading.Lock()
+
+
 def make_scheduler(class_name: str, config: dict[str, Any]):
     """Instantiate a diffusers scheduler from its class name and config dict."""
     import diffusers
 
-    cls = getattr(diffusers, class_name, None)
+    # diffusers imports its classes lazily on first attribute access; a thread doing that while
+    # another thread of the worker imports diffusers' models saw a half-imported module ("unknown
+    # scheduler class" for UniPC) on a GPU worker: serialise, and look again before giving up
+    with _IMPORT_LOCK:
+        cls = None
+        for attempt in range(5):
+            cls = getattr(diffusers, class_name, None)
+            if cls is not None or class_name not in SUPPORTED:
+                break
+            time.sleep(0.1 * (attempt + 1))
     if cls is None:
         raise ValueError(f"unknown scheduler class {class_name!r}")
     clean = {k: v for k, v in config.items() if not k.startswith("_")}

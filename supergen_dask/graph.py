@@ -77,10 +77,12 @@ class RenderResult:
 
     def summary(self) -> dict[str, Any]:
         tiles = [r for r in self.receipts if r.get("task") == "denoise" and not r.get("skipped")]
+        # steps of a split-guidance stage are finished by the next step's first branch task
+        finished_in_branches = sum(1 for r in self.receipts if r.get("finished_step"))
         out: dict[str, Any] = {
             "session": self.session,
             "tasks_run": self.submitted,
-            "tile_tasks_run": len(tiles),
+            "tile_tasks_run": len(tiles) + finished_in_branches,
         }
         if tiles:
             for k in ("seconds", "read_seconds", "forward_seconds", "write_seconds"):
@@ -168,6 +170,7 @@ class _Graph:
         self.args = (plan, store.url, store.instance)
         self.futures: list[Future] = []
         self.tiles: dict[TileKey, Future] = {}
+        self.branches: dict[TileKey, list[Future]] = {}
         self.retries = int(config.get("tasks.retries") or 0)
         self.total_steps = plan.spec.num_inference_steps
 
@@ -211,26 +214,7 @@ class _Graph:
                     deps = [self.tiles.get(d) for d in st.dependencies(key)]
                 priority = self.total_steps - step
                 if st.split_guidance:
-                    branches = [
-                        self._submit(
-                            tasks.predict_branch,
-                            key,
-                            b,
-                            key=key.task_key(self.run, "predict", b),
-                            deps=deps,
-                            priority=priority,
-                        )
-                        for b in (0, 1)
-                    ]
-                    self.tiles[key] = self._submit(
-                        tasks.combine_branches,
-                        key,
-                        self.session,
-                        key=key.task_key(self.run, "combine"),
-                        deps=branches,
-                        gpu=False,
-                        priority=priority,
-                    )
+                    self._split_step(st, key, deps, priority)
                 else:
                     self.tiles[key] = self._submit(
                         tasks.denoise_tile,
@@ -240,6 +224,37 @@ class _Graph:
                         deps=deps,
                         priority=priority,
                     )
+
+    def _split_step(self, st, key: TileKey, deps: list, priority: int) -> None:
+        """A step whose guidance branches are two GPU tasks; each finishes the step before it
+        (``tasks.predict_branch``), and a CPU task finishes the stage's last step."""
+        if key.step != st.first:  # wait for both branches of the previous step, not its marker
+            prev = TileKey(key.stage, key.step - 1, key.row, key.col)
+            deps = [*self.branches.get(prev, ()), *deps]
+        branches = [
+            self._submit(
+                tasks.predict_branch,
+                key,
+                b,
+                self.session,
+                key=key.task_key(self.run, "predict", b),
+                deps=deps,
+                priority=priority,
+            )
+            for b in (0, 1)
+        ]
+        self.branches[key] = branches
+        self.tiles[key] = branches[0]  # branch 0 of the next step marks this one done
+        if key.step == st.last:
+            self.tiles[key] = self._submit(
+                tasks.combine_branches,
+                key,
+                self.session,
+                key=key.task_key(self.run, "combine"),
+                deps=branches,
+                gpu=False,
+                priority=priority,
+            )
 
     def warm(self) -> None:
         """Load the denoiser on every worker first thing, so no GPU waits for it in stage 2."""

@@ -32,9 +32,13 @@ class StagePlan:
     timesteps: tuple[float, ...]
     latent_frames: int
     channels: int
-    # classifier-free guidance as two tasks per step (one per branch, on different GPUs) plus a
-    # small combine task; the sketch does this, since it is one tile and would use one GPU
+    # classifier-free guidance as two tasks per step (one per branch, on different GPUs); the
+    # sketch does this, since it is one tile and would use one GPU. Needs an unshifted grid.
     split_guidance: bool = False
+
+    def __post_init__(self) -> None:
+        if self.split_guidance and self.shift.stride_y + self.shift.stride_x:
+            raise ValueError("split guidance needs an unshifted grid (a step's tile is its own window)")
 
     @property
     def first(self) -> int:

@@ -314,42 +314,10 @@ def guided(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tens
     return uncond + scale * (cond - uncond)
 
 
-def predict_branch(plan: RenderPlan, url: str, instance: str, key: TileKey, branch: int, *deps) -> dict:
-    """One guidance branch (0: negative prompt, 1: prompt) of one tile step: the model output,
-    written to the tile's ``prediction`` chunk of that branch. The two branches of a step run as
-    separate tasks, on different GPUs when there are several; ``combine_branches`` steps the tile."""
-    t0, started = time.perf_counter(), time.time()
-    store = _store(url, instance)
-    name = f"{key.stage}/{key.step}/{key.row}/{key.col}/{'cond' if branch else 'uncond'}"
-    if store.is_done(key.stage, key.step, key.row, key.col):
-        return _receipt("predict", name, t0, skipped=True)
-    st = plan.stage(key.stage)
-    backend = worker_models.get_backend(plan.spec.model, plan.spec.dtype)
-    backend.load_transformer()
-    device = backend.device
-    sample, region = _tile_input(store, plan, key, device, with_state=False)
-    embeds = worker_models.prompt_embeds(store, device)[branch]
-    t_fwd0 = time.perf_counter()
-    model_in = region.scale_model_input(sample)
-    out = backend.predict(model_in, region.timestep.to(device).expand(1), embeds[None], st.origin(key))
-    _sync(device)
-    t_fwd = time.perf_counter() - t_fwd0
-    store.write_tile(
-        key.stage, "prediction", key.step, key.row, key.col, _to_store(out, "float32"), sub=(branch,)
-    )
-    return _receipt(
-        "predict", name, t0, started=started, forward_seconds=t_fwd, gpu=worker_models.gpu_identity()
-    )
-
-
-def combine_branches(plan: RenderPlan, url: str, instance: str, key: TileKey, session: int, *deps) -> dict:
-    """Guidance from the two stored branch outputs, then the scheduler step of the tile, on the
-    CPU (element-wise and small; the same bytes whichever worker runs it)."""
-    t0, started = time.perf_counter(), time.time()
-    store = _store(url, instance)
-    name = f"{key.stage}/{key.step}/{key.row}/{key.col}"
-    if store.is_done(key.stage, key.step, key.row, key.col):
-        return _receipt("denoise", name, t0, skipped=True)
+def _combined_step(store, plan: RenderPlan, key: TileKey, session: int, t0: float, started: float):
+    """Step ``key`` from its two stored branch outputs (guidance, then the scheduler), on the CPU:
+    element-wise and small, and the same bytes whichever worker computes it. Returns the new
+    latents, the new scheduler history and the tile's stats (not yet written)."""
     st = plan.stage(key.stage)
     g = st.grid
     y0, x0 = st.origin(key)
@@ -364,13 +332,74 @@ def combine_branches(plan: RenderPlan, url: str, instance: str, key: TileKey, se
     t_read = time.perf_counter() - t_read0
     t_step0 = time.perf_counter()
     new, new_state = region.step(guided(uncond, cond, plan.spec.guidance_scale), sample)
-    stats = {
-        "t0": t0,
-        "started": started,
-        "read_seconds": t_read,
-        "forward_seconds": time.perf_counter() - t_step0,
-    }
-    stats.update(session=session, computed=1)
+    stats = {"t0": t0, "started": started, "read_seconds": t_read}
+    stats.update(forward_seconds=time.perf_counter() - t_step0, session=session, computed=1)
+    return new, new_state, stats
+
+
+def predict_branch(
+    plan: RenderPlan, url: str, instance: str, key: TileKey, branch: int, session: int, *deps
+) -> dict:
+    """One guidance branch (0: negative prompt, 1: prompt) of one tile step, written to the tile's
+    ``prediction`` chunk of that branch. The two branches of a step run as separate tasks, on
+    different GPUs when there are several.
+
+    The previous step is finished here rather than in a task of its own (a task hop and a store
+    round trip per step would be on the critical path): both branches compute it from its stored
+    branch outputs, identically, and branch 0 alone writes it and marks it done, while its GPU
+    runs this step's forward. Only for unshifted stages, where a step's tile is its own window.
+    """
+    t0, started = time.perf_counter(), time.time()
+    store = _store(url, instance)
+    name = f"{key.stage}/{key.step}/{key.row}/{key.col}/{'cond' if branch else 'uncond'}"
+    if store.is_done(key.stage, key.step, key.row, key.col):
+        return _receipt("predict", name, t0, skipped=True)
+    st = plan.stage(key.stage)
+    backend = worker_models.get_backend(plan.spec.model, plan.spec.dtype)
+    backend.load_transformer()
+    device = backend.device
+    prev = TileKey(key.stage, key.step - 1, key.row, key.col)
+    pending = None
+    if key.step == st.first or store.is_done(prev.stage, prev.step, prev.row, prev.col):
+        sample, region = _tile_input(store, plan, key, device, with_state=False)
+    else:
+        new, new_state, stats = _combined_step(store, plan, prev, session, t0, started)
+        # what the next step reads is the stored value: round through the store's dtype
+        sample = _to_model(_to_store(new, plan.spec.output.store_dtype), device)
+        region = RegionStep(plan.scheduler, st.first, key.step)
+        if branch == 0:
+            pending = (new, new_state, stats)
+    embeds = worker_models.prompt_embeds(store, device)[branch]
+    t_fwd0 = time.perf_counter()
+    model_in = region.scale_model_input(sample)
+    out = backend.predict(model_in, region.timestep.to(device).expand(1), embeds[None], st.origin(key))
+    finished = {}
+    if pending is not None:  # written while the GPU computes (kernels run asynchronously)
+        _finish_tile(store, plan, prev, *pending)
+        finished = {"finished_step": f"{prev.stage}/{prev.step}/{prev.row}/{prev.col}"}
+    prediction = _to_store(out, "float32")
+    t_fwd = time.perf_counter() - t_fwd0
+    store.write_tile(key.stage, "prediction", key.step, key.row, key.col, prediction, sub=(branch,))
+    return _receipt(
+        "predict",
+        name,
+        t0,
+        started=started,
+        forward_seconds=t_fwd,
+        gpu=worker_models.gpu_identity(),
+        **finished,
+    )
+
+
+def combine_branches(plan: RenderPlan, url: str, instance: str, key: TileKey, session: int, *deps) -> dict:
+    """Finish the last step of a stage whose guidance branches run as separate tasks (earlier
+    steps are finished by the next step's ``predict_branch``)."""
+    t0, started = time.perf_counter(), time.time()
+    store = _store(url, instance)
+    name = f"{key.stage}/{key.step}/{key.row}/{key.col}"
+    if store.is_done(key.stage, key.step, key.row, key.col):
+        return _receipt("denoise", name, t0, skipped=True)
+    new, new_state, stats = _combined_step(store, plan, key, session, t0, started)
     seconds, extra = _finish_tile(store, plan, key, new, new_state, stats)
     return {"task": "denoise", "name": name, **extra, "seconds": seconds}
 

@@ -146,6 +146,29 @@ def test_rerun_of_same_spec_recomputes_nothing(tmp_path, client):
     assert third.video_path.exists()
 
 
+def test_sketch_with_split_guidance_resumes_to_the_same_bytes(tmp_path, client):
+    """The sketch's guidance branches are separate tasks and each step is finished by the next
+    step's first branch: a render stopped with later sketch steps unfinished (their branch
+    outputs possibly written) resumes to the bytes of an uninterrupted one."""
+    import shutil
+
+    spec = tiny_spec()
+    full = sd.render(spec, output_dir=tmp_path / "full", client=client, progress=False)
+    assert full.plan.sketch.split_guidance
+    part = tmp_path / "part"
+    shutil.copytree(full.render_dir, part)
+    store = RenderStore.open(str(part / "render.zarr"))
+    store.array("sketch/done")[3:] = 0
+    store.array("refine/done")[:] = 0
+    for task in store.layout.tasks:
+        if task.startswith(("upscale", "start", "decode", "encode")):
+            store.array("task_done")[store.task_index(task)] = 0
+    (part / "video.mp4").unlink()
+    resumed = sd.resume(part, client=client, progress=False)
+    assert resumed.summary()["tile_tasks_run"] == full.plan.n_tile_tasks() - 3
+    assert_renders_identical(full.render_dir, part)
+
+
 def test_different_spec_in_same_dir_is_refused(tmp_path, client):
     sd.render(tiny_spec(), output_dir=tmp_path / "r", client=client, progress=False)
     before = (tmp_path / "r" / "video.mp4").read_bytes()
