@@ -416,3 +416,92 @@ def test_seam_scores_read_the_pixels_once(clean, monkeypatch):
     monkeypatch.setattr(metrics, "seam_profiles", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert len(seam_scores(clean, _step_grids(8))) == 8
     assert len(calls) == 1
+
+
+# -------------------------------------------------------------------------- the quality record
+
+
+PROMPT = "a large red circle moving right on a gray textured background"
+
+
+class _SketchOnly:
+    """The one thing render_quality reads from a store when the frames are given."""
+
+    def __init__(self, sketch):
+        self.sketch = sketch
+
+    def read_sketch_pixels(self):
+        return self.sketch
+
+
+def _quality(model: str, grammar: str | None = None, steps=8, k=6):
+    from supergen_dask import RenderSpec, plan_render
+    from supergen_dask.quality import render_quality
+
+    plan = plan_render(
+        RenderSpec(
+            prompt=PROMPT,
+            model=model,
+            height=128,
+            width=192,
+            num_frames=9,
+            num_inference_steps=steps,
+            refine_steps=k,
+            seed=0,
+        )
+    )
+    if grammar is not None:
+        plan = dataclasses.replace(plan, model=dataclasses.replace(plan.model, prompt_grammar=grammar))
+    scene = Scene.from_prompt(PROMPT, seed=0)
+    video = render_scene(scene, 128, 192, 9)
+    q = render_quality(plan, _SketchOnly(video[:, ::2, ::2]), frames=video)
+    return plan, video, scene, q
+
+
+def test_models_declare_their_prompt_grammar(tmp_path):
+    from pipelines import model_info
+    from pipelines.toy import PROMPT_GRAMMAR
+    from pipelines.wan import save_tiny_pipeline
+    from supergen_dask import RenderPlan
+
+    assert PROMPT_GRAMMAR == "toy-shapes"
+    assert model_info("toy-wan").prompt_grammar == "toy-shapes"  # from the shipped supergen.json
+    assert model_info("tiny-random-wan").prompt_grammar == ""
+    assert model_info("random-wan2.1-1.3b-shape").prompt_grammar == ""
+    assert model_info(str(save_tiny_pipeline(tmp_path / "m"))).prompt_grammar == ""  # no key: none
+    plan, *_ = _quality("toy-wan")
+    d = plan.to_dict()
+    assert RenderPlan.from_dict(d).model.prompt_grammar == "toy-shapes"
+    del d["model"]["prompt_grammar"]  # plans stored before the field existed still load
+    assert RenderPlan.from_dict(d).model.prompt_grammar == ""
+
+
+def test_objects_counted_only_for_a_model_of_the_toy_grammar():
+    _, video, scene, toy = _quality("toy-wan")
+    assert toy["object_counts"] == [1] * 9 and toy["exactly_one"] and toy["median_count"] == 1.0
+    # the same prompt and frames from models without the grammar: no counts, no object mask
+    for model, grammar in [("tiny-random-wan", None), ("toy-wan", "")]:
+        _, _, _, real = _quality(model, grammar)
+        assert not {"object_counts", "median_count", "exactly_one"} & set(real), model
+        assert real["temporal_flicker"] > toy["temporal_flicker"]  # the moving object is not masked out
+    # and a declared grammar is what switches it on, whatever the model's name
+    _, _, _, declared = _quality("tiny-random-wan", "toy-shapes")
+    assert declared["object_counts"] == [1] * 9
+
+
+@pytest.mark.parametrize("model", ["toy-wan", "tiny-random-wan"])
+def test_render_quality_seams_equal_the_old_per_step_scores(model):
+    from supergen_dask.quality import step_grid_lines
+
+    plan, video, scene, q = _quality(model)
+    mask = object_mask(video, scene.colour_rgb) if model == "toy-wan" else None
+    old = []
+    for step in plan.refine.steps:
+        rows, cols = step_grid_lines(plan, step)
+        if len(rows) or len(cols):
+            old.append(_seam_score_before(video, rows, cols, exclude_mask=mask))
+    old = [s for s in old if np.isfinite(s)]
+    assert len(old) >= 4
+    assert q["seam_score_last"] == pytest.approx(old[-1], rel=1e-5)
+    assert q["seam_score_mean"] == pytest.approx(np.mean(old), rel=1e-5)
+    assert q["seam_score_max"] == pytest.approx(np.max(old), rel=1e-5)
