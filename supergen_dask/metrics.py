@@ -194,18 +194,18 @@ def seam_profiles(
     step = max(1, int(frames_per_chunk))
     for s in range(0, f, step):
         x = v[s : s + step].astype(work)
-        dy = np.abs(np.diff(x, axis=1)).sum(axis=-1)  # (c, H-1, W)
-        dx = np.abs(np.diff(x, axis=2)).sum(axis=-1)  # (c, H, W-1)
-        if keep is None:
-            rows += dy.sum(axis=(0, 2))
-            cols += dx.sum(axis=(0, 1))
-        else:
-            k = keep[s : s + step]
-            ky, kx = k[:, 1:] & k[:, :-1], k[:, :, 1:] & k[:, :, :-1]
-            rows += np.where(ky, dy, 0).sum(axis=(0, 2))
-            cols += np.where(kx, dx, 0).sum(axis=(0, 1))
-            row_n += ky.sum(axis=(0, 2))
-            col_n += kx.sum(axis=(0, 1))
+        k = None if keep is None else keep[s : s + step]
+        for axis, total, count in ((1, rows, row_n), (2, cols, col_n)):
+            d = np.subtract(x[:, 1:], x[:, :-1]) if axis == 1 else np.subtract(x[:, :, 1:], x[:, :, :-1])
+            np.abs(d, out=d)  # (c, H-1, W, 3) or (c, H, W-1, 3)
+            other = (0, 2) if axis == 1 else (0, 1)
+            if k is None:
+                total += d.sum(axis=(*other, 3))  # one reduction, no per-pixel RGB sum
+            else:
+                kk = k[:, 1:] & k[:, :-1] if axis == 1 else k[:, :, 1:] & k[:, :, :-1]
+                total += np.where(kk, d.sum(axis=-1), 0).sum(axis=other)
+                count += kk.sum(axis=other)
+            del d
     if keep is None:
         row_n[:], col_n[:] = f * w, f * h
     return SeamProfiles(rows / 3.0, row_n.astype(np.float64), cols / 3.0, col_n.astype(np.float64))
