@@ -24,7 +24,10 @@ class ModelInfo:
     compression: output sizes must be multiples of it. Latent tiles are multiples of
     ``patch_spatial`` (the transformer's patch). ``default_refine_fraction`` is the share of the
     schedule refined with tiles when a spec leaves k open; ``revision`` fingerprints the weights, so
-    a render made with other weights is never resumed with these.
+    a render made with other weights is never resumed with these. ``prompt_grammar`` names the
+    closed prompt language a model was trained on, when its prompts can be checked against what
+    a render shows (``"toy-shapes"``: ``pipelines.toy``'s grammar, whose object the quality
+    record counts); empty for models of open, natural-language prompts.
     """
 
     name: str
@@ -47,6 +50,7 @@ class ModelInfo:
     default_refine_fraction: float = 0.9
     revision: str = ""
     description: str = ""
+    prompt_grammar: str = ""
 
     def frames_ok(self, num_frames: int) -> bool:
         """Whether the VAE can take ``num_frames`` (causal video VAEs want 1 + k * factor)."""

@@ -153,6 +153,7 @@ def directory_info(path: str | Path) -> ModelInfo:
 
     Native size and fps come from an optional ``supergen.json`` beside ``model_index.json``;
     without it, the transformer's width decides (1.3B: 832x480, larger: 1280x720), 81 frames, 16 fps.
+    ``supergen.json`` may also name the model's ``prompt_grammar`` (see ``ModelInfo``).
     """
     root = Path(path)
     transformer = json.loads((root / "transformer" / "config.json").read_text())
@@ -182,6 +183,7 @@ def directory_info(path: str | Path) -> ModelInfo:
         description=extra.get("description", f"Wan model from {root}"),
         text_tokens=int(extra.get("max_sequence_length", 512)),
         default_refine_fraction=float(extra.get("default_refine_fraction", 0.9)),
+        prompt_grammar=str(extra.get("prompt_grammar", "")),
         revision=revision.hexdigest()[:16],
     )
     cls = sched.pop("_class_name")

@@ -2,12 +2,21 @@
 
 Public names: ``RenderLayout``, ``StageLayout``, ``DecodeLayout``, ``DecodeRegion``,
 ``create_render_store``, ``RenderStore``, ``RenderExistsError``, ``open_render``,
-``encode_video``, ``read_video``, ``probe_video``.
+``encode_video``, ``encode_segment``, ``join_segments``, ``segment_ranges``, ``read_video``,
+``probe_video``.
 """
 
 from storage.layout import DecodeLayout, DecodeRegion, RenderLayout, StageLayout
 from storage.store import STAT_FIELDS, RenderExistsError, RenderStore, create_render_store
-from storage.video import VideoInfo, encode_video, probe_video, read_video
+from storage.video import (
+    VideoInfo,
+    encode_segment,
+    encode_video,
+    join_segments,
+    probe_video,
+    read_video,
+    segment_ranges,
+)
 from storage.views import open_render
 
 __all__ = [
@@ -20,8 +29,11 @@ __all__ = [
     "StageLayout",
     "VideoInfo",
     "create_render_store",
+    "encode_segment",
     "encode_video",
+    "join_segments",
     "open_render",
     "probe_video",
     "read_video",
+    "segment_ranges",
 ]

@@ -1,9 +1,15 @@
-"""Video files with PyAV: encode frames streamed in order, read them back."""
+"""Video files with PyAV: encode frames streamed in order, read them back.
+
+Long videos can be encoded in parallel: ``segment_ranges`` splits the frames, ``encode_segment``
+encodes each contiguous run to its own file (anywhere, in any order), and ``join_segments`` remuxes
+the segments into one mp4 without re-encoding.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -11,7 +17,15 @@ from pathlib import Path
 import av
 import numpy as np
 
-__all__ = ["VideoInfo", "encode_video", "read_video", "probe_video"]
+__all__ = [
+    "VideoInfo",
+    "encode_video",
+    "encode_segment",
+    "join_segments",
+    "segment_ranges",
+    "read_video",
+    "probe_video",
+]
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +33,14 @@ CODECS = {
     # name: (encoder, pixel format, default options)
     # mbtree off: with it on, x264 (as bundled with PyAV) gave different bytes for the same frames
     # from run to run (it reads memory it did not write); off, every run is bit-identical.
+    # x264's defaults also make segments joinable (see join_segments): every stream starts with an
+    # IDR frame, and GOPs are closed (open-gop off), so no frame of a segment references another.
     "h264": ("libx264", "yuv420p", {"preset": "medium", "x264-params": "mbtree=0"}),
     "lossless": ("libx264rgb", "rgb24", {"preset": "medium", "crf": "0", "x264-params": "mbtree=0"}),
 }
+
+SEGMENT_TAG = "supergen-segment"
+"""Prefix of the ``comment`` an ``encode_segment`` file carries: ``supergen-segment first_frame=N``."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +69,56 @@ def encode_video(
     height or width is padded by repeating the last row/column (logged), never an encoder crash.
     The same frames give the same bytes for a given ``threads`` (fixed, never "auto").
     """
+    return _encode(frames, path, fps, codec, crf, threads, comment=None)
+
+
+def encode_segment(
+    frames: Iterable[np.ndarray],
+    path: str | Path,
+    *,
+    fps: int | float,
+    codec: str = "h264",
+    crf: int = 18,
+    threads: int = 2,
+    first_frame: int = 0,
+) -> VideoInfo:
+    """Encode one contiguous run of a video's frames to its own mp4, for ``join_segments``.
+
+    Same streams and options as ``encode_video`` (the file plays on its own); ``first_frame`` is
+    the index of the run's first frame in the whole video, recorded in the file's ``comment`` so
+    that ``join_segments`` can refuse segments given out of order, with gaps or overlapping.
+    Segments may be encoded independently, on different machines and in any order: each file's
+    bytes depend only on its frames and arguments.
+    """
+    if int(first_frame) != first_frame or first_frame < 0:
+        raise ValueError(f"first_frame must be a non-negative integer, got {first_frame}")
+    comment = f"{SEGMENT_TAG} first_frame={int(first_frame)}"
+    return _encode(frames, path, fps, codec, crf, threads, comment=comment)
+
+
+def segment_ranges(frames: int, segment_frames: int) -> list[tuple[int, int]]:
+    """Split ``frames`` frames into ``[start, stop)`` runs of ``segment_frames`` (the last may be
+    shorter), in order.
+
+    >>> segment_ranges(33, 12)
+    [(0, 12), (12, 24), (24, 33)]
+    """
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    if segment_frames < 1:
+        raise ValueError(f"segment_frames must be >= 1, got {segment_frames}")
+    return [(s, min(s + segment_frames, frames)) for s in range(0, frames, segment_frames)]
+
+
+def _encode(
+    frames: Iterable[np.ndarray],
+    path: str | Path,
+    fps: int | float,
+    codec: str,
+    crf: int,
+    threads: int,
+    comment: str | None,
+) -> VideoInfo:
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; allowed: {sorted(CODECS)}")
     if fps <= 0:
@@ -66,6 +135,8 @@ def encode_video(
     pad = (0, 0)
     try:
         with av.open(str(tmp), mode="w", format="mp4") as container:
+            if comment is not None:
+                container.metadata["comment"] = comment
             for frame in frames:
                 frame = np.asarray(frame)
                 if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
@@ -112,6 +183,169 @@ def encode_video(
         if tmp.exists():
             tmp.unlink()
     return VideoInfo(str(path), encoder, pix_fmt, stream.width, stream.height, count, float(fps))
+
+
+# ------------------------------------------------------------------------------------------ joining
+
+
+def _nal_types(data: bytes, length_size: int) -> list[int]:
+    """NAL unit types of one H.264 packet in mp4 (length-prefixed) form."""
+    types, i = [], 0
+    while i + length_size <= len(data):
+        n = int.from_bytes(data[i : i + length_size], "big")
+        i += length_size
+        if n == 0 or i + n > len(data):
+            break
+        types.append(data[i] & 0x1F)
+        i += n
+    return types
+
+
+def _segment_params(stream) -> dict:
+    """What must be identical in every segment for their packets to form one valid stream."""
+    cc = stream.codec_context
+    return {
+        "codec": cc.name,
+        "size": f"{cc.width}x{cc.height}",
+        "pix_fmt": cc.pix_fmt,
+        "profile": cc.profile,
+        "time_base": stream.time_base,
+        "frame rate": stream.average_rate,
+        "SPS/PPS": bytes(cc.extradata or b""),
+    }
+
+
+@dataclass(frozen=True)
+class _Segment:
+    params: dict
+    frames: int
+    tick: int  # frame duration, in the stream's time base
+    start: int  # presentation time of the first frame
+    delay: int  # how far decoding runs ahead of presentation (B-frame reordering), in ticks
+
+
+def _check_segment(i: int, seg: Path, ref: _Segment | None, first_frame: int) -> _Segment:
+    """Read one segment's parameters and packet timing, and refuse what cannot be joined."""
+    where = f"segment {i} ({seg})"
+    with av.open(str(seg)) as inp:
+        if len(inp.streams) != 1 or len(inp.streams.video) != 1:
+            raise ValueError(f"{where} must hold exactly one video stream")
+        stream = inp.streams.video[0]
+        params = _segment_params(stream)
+        if params["codec"] != "h264":
+            raise ValueError(f"{where} is {params['codec']}, not h264")
+        if ref is not None:
+            diff = [k for k in ref.params if params[k] != ref.params[k]]
+            if diff:
+                shown = [f"{k}: {params[k]} vs {ref.params[k]}" for k in diff if k != "SPS/PPS"]
+                raise ValueError(
+                    f"{where} does not match segment 0 in {', '.join(diff)}"
+                    + (f" ({'; '.join(shown)})" if shown else "")
+                    + ": segments must be encoded with the same size, codec and settings"
+                )
+        match = re.fullmatch(rf"{SEGMENT_TAG} first_frame=(\d+)", inp.metadata.get("comment", ""))
+        if match and int(match.group(1)) != first_frame:
+            raise ValueError(
+                f"{where} starts at frame {match.group(1)}, but the segments before it end at frame "
+                f"{first_frame}: segments must be given in order, without gaps or overlaps"
+            )
+        extradata = params["SPS/PPS"]
+        length_size = (extradata[4] & 3) + 1 if len(extradata) > 4 else 4
+        pts, dts, durations = [], [], set()
+        for packet in inp.demux(stream):
+            if packet.size == 0:  # the demuxer's end-of-stream marker
+                continue
+            if not pts and (not packet.is_keyframe or 5 not in _nal_types(bytes(packet), length_size)):
+                raise ValueError(
+                    f"{where} does not begin with an IDR keyframe: only closed, self-contained "
+                    "segments can be joined"
+                )
+            pts.append(packet.pts)
+            dts.append(packet.dts)
+            durations.add(packet.duration)
+    if not pts:
+        raise ValueError(f"{where} has no frames")
+    shown = sorted(pts)
+    tick = shown[1] - shown[0] if len(pts) > 1 else durations.pop()
+    start = pts[0]
+    if tick <= 0 or [p - start for p in shown] != [k * tick for k in range(len(pts))]:
+        raise ValueError(
+            f"{where} is not constant frame rate or shows frames before its first keyframe "
+            "(its presentation times are not 0, 1, 2, ... frames)"
+        )
+    if ref is not None and tick != ref.tick:
+        raise ValueError(f"{where} has frames of {tick} ticks, segment 0 of {ref.tick}")
+    return _Segment(params, len(pts), tick, start, start - dts[0])
+
+
+def join_segments(segment_paths: Sequence[str | Path], path: str | Path) -> VideoInfo:
+    """Join mp4 segments (``encode_segment``, in video order) into one mp4, losslessly.
+
+    No re-encode: the packets of every segment are copied, their presentation times moved by the
+    segment's start (the frames before it), so the result decodes to exactly the frames of the
+    segments decoded one after the other, and its bytes depend only on the segments' bytes.
+    The stream's codec parameters (extradata: SPS/PPS) come from the first segment.
+
+    This is sound only for closed, self-contained H.264 segments with the same parameters, which
+    is checked before anything is written (``ValueError`` otherwise): each segment holds one video
+    stream, begins with an IDR frame, shows no frame before it (no open GOP) and is constant frame
+    rate, with the first segment's codec, size, pixel format, profile, time base, frame rate and
+    SPS/PPS; segments that record their ``first_frame`` must follow on without gap or overlap.
+
+    Decode timestamps are rewritten, not shifted: x264 gives a segment of one or two frames no
+    B-frames, so its decode times do not run ahead of its presentation times, while longer
+    segments' run 2 frames ahead. Shifted, such segments would leave holes in the decode times
+    or (a short segment first) make them go backwards. The joined stream's decode times are one
+    frame apart, running ahead by the largest delay of any segment, which keeps every packet's
+    decode time at or before its presentation time.
+
+    Written to ``path + ".partial"`` and renamed, like ``encode_video``.
+    """
+    paths = [Path(p) for p in segment_paths]
+    if not paths:
+        raise ValueError("no segments to join")
+    segments: list[_Segment] = []
+    total = 0
+    for i, seg in enumerate(paths):
+        segments.append(_check_segment(i, seg, segments[0] if segments else None, total))
+        total += segments[-1].frames
+    ref = segments[0]
+    delay = max(s.delay for s in segments)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    index = 0  # packets (frames) written so far
+    try:
+        with av.open(str(tmp), mode="w", format="mp4") as out:
+            out_stream = None
+            for seg, info in zip(paths, segments, strict=True):
+                with av.open(str(seg)) as inp:
+                    stream = inp.streams.video[0]
+                    if out_stream is None:
+                        out_stream = out.add_stream_from_template(stream)
+                    shift = index * ref.tick - info.start
+                    for packet in inp.demux(stream):
+                        if packet.size == 0:
+                            continue
+                        packet.pts += shift
+                        packet.dts = index * ref.tick - delay
+                        if packet.dts > packet.pts:
+                            raise ValueError(f"{seg}: frame {index} would be decoded after it is shown")
+                        packet.duration = ref.tick
+                        packet.stream = out_stream
+                        out.mux(packet)
+                        index += 1
+        tmp.replace(path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    w, h = (int(x) for x in ref.params["size"].split("x"))
+    return VideoInfo(
+        str(path), ref.params["codec"], ref.params["pix_fmt"], w, h, total, float(ref.params["frame rate"])
+    )
+
+
+# ------------------------------------------------------------------------------------------ reading
 
 
 def read_video(path: str | Path) -> np.ndarray:

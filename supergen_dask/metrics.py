@@ -1,6 +1,7 @@
 """Quality metrics for rendered videos (uint8 ``(F, H, W, 3)`` RGB arrays; numpy and scipy only).
 
-- ``seam_score`` / ``grid_lines``: gradient energy across tile borders relative to the interior.
+- ``seam_score`` / ``grid_lines``: gradient energy across tile borders relative to the interior;
+  ``seam_scores`` scores many grids (every refinement step's) from one pass over the pixels.
 - ``colour_mask`` / ``count_objects`` / ``duplication``: does the prompted object appear exactly once?
 - ``detail_gain``: high-frequency energy of a refined video relative to its upscaled sketch.
 - ``temporal_flicker`` / ``object_mask``: frame-to-frame luma change of the (static) background.
@@ -13,6 +14,7 @@ Single frames ``(H, W, 3)`` are accepted wherever a video is, and treated as a o
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -21,6 +23,9 @@ __all__ = [
     "luma",
     "grid_lines",
     "seam_score",
+    "seam_scores",
+    "seam_profiles",
+    "SeamProfiles",
     "colour_mask",
     "count_objects",
     "duplication",
@@ -106,6 +111,124 @@ def _border_index(positions: Sequence[int] | np.ndarray, n: int, band: int) -> n
     return at
 
 
+@dataclass(frozen=True)
+class SeamProfiles:
+    """Everything ``seam_score`` needs from a video, whatever the grid: its gradient profiles.
+
+    ``row_total[i]`` is the summed absolute difference (averaged over RGB) between pixel rows
+    ``i`` and ``i + 1``, over all frames and columns, counting only unmasked pairs;
+    ``row_count[i]`` is the number of pairs summed. ``col_*`` likewise between columns ``j`` and
+    ``j + 1``. A grid's score only sums entries of these, so one pass over the pixels
+    (``seam_profiles``) serves every refinement step's grid (``score``, ``seam_scores``).
+    """
+
+    row_total: np.ndarray  # (H - 1,) float64
+    row_count: np.ndarray  # (H - 1,) float64
+    col_total: np.ndarray  # (W - 1,) float64
+    col_count: np.ndarray  # (W - 1,) float64
+
+    @property
+    def height(self) -> int:
+        return len(self.row_total) + 1
+
+    @property
+    def width(self) -> int:
+        return len(self.col_total) + 1
+
+    def score(
+        self, rows: Sequence[int] | np.ndarray = (), cols: Sequence[int] | np.ndarray = (), band: int = 1
+    ) -> float:
+        """``seam_score`` of the video these profiles came from, at the borders ``rows``/``cols``."""
+        if band < 1:
+            raise ValueError(f"band must be >= 1, got {band}")
+        h, w = self.height, self.width
+        row_at = _border_index(rows, h, band) if h > 1 else np.zeros(0, bool)
+        col_at = _border_index(cols, w, band) if w > 1 else np.zeros(0, bool)
+        border_sum = expected = n_border = 0.0
+        for total, count, at in (
+            (self.row_total, self.row_count, row_at),
+            (self.col_total, self.col_count, col_at),
+        ):
+            if not at.any():
+                continue
+            n_int = count[~at].sum()
+            interior = total[~at].sum() / n_int if n_int else 0.0
+            border_sum += total[at].sum()
+            expected += count[at].sum() * interior
+            n_border += count[at].sum()
+        if n_border == 0:
+            return float("nan")
+        if expected == 0:
+            return 1.0 if border_sum == 0 else float("inf")
+        return float(border_sum / expected)
+
+
+def seam_profiles(
+    video: np.ndarray, exclude_mask: np.ndarray | None = None, frames_per_chunk: int = 4
+) -> SeamProfiles:
+    """The gradient profiles of a video (see ``SeamProfiles``), in one pass over its pixels.
+
+    Parameters
+    ----------
+    video : np.ndarray
+        ``(F, H, W, 3)`` or ``(H, W, 3)``. Integer videos (uint8) are summed exactly in integers.
+    exclude_mask : np.ndarray, optional
+        Boolean ``(F, H, W)``, True on pixels to ignore: a pair is left out when either pixel is.
+    frames_per_chunk : int
+        Frames differenced at a time (bounds the memory: about 20 bytes per pixel of a chunk).
+    """
+    v = _as_video(video)
+    f, h, w, _ = v.shape
+    keep = None
+    if exclude_mask is not None:
+        keep = ~np.asarray(exclude_mask, bool)
+        if keep.shape != (f, h, w):
+            raise ValueError(f"exclude_mask shape {keep.shape} != {(f, h, w)}")
+    # |a - b| of uint8 fits int16 and its sum over RGB (<= 765) too; sums over frames and pixels
+    # are taken in int64, so integer videos give exact totals
+    work = np.int16 if v.dtype.kind in "ub" and v.dtype.itemsize == 1 else np.float64
+    rows = np.zeros(max(h - 1, 0), np.float64 if work is np.float64 else np.int64)
+    cols = np.zeros(max(w - 1, 0), rows.dtype)
+    row_n = np.zeros(len(rows), np.int64)
+    col_n = np.zeros(len(cols), np.int64)
+    step = max(1, int(frames_per_chunk))
+    for s in range(0, f, step):
+        x = v[s : s + step].astype(work)
+        k = None if keep is None else keep[s : s + step]
+        for axis, total, count in ((1, rows, row_n), (2, cols, col_n)):
+            d = np.subtract(x[:, 1:], x[:, :-1]) if axis == 1 else np.subtract(x[:, :, 1:], x[:, :, :-1])
+            np.abs(d, out=d)  # (c, H-1, W, 3) or (c, H, W-1, 3)
+            other = (0, 2) if axis == 1 else (0, 1)
+            if k is None:
+                total += d.sum(axis=(*other, 3))  # one reduction, no per-pixel RGB sum
+            else:
+                kk = k[:, 1:] & k[:, :-1] if axis == 1 else k[:, :, 1:] & k[:, :, :-1]
+                total += np.where(kk, d.sum(axis=-1), 0).sum(axis=other)
+                count += kk.sum(axis=other)
+            del d
+    if keep is None:
+        row_n[:], col_n[:] = f * w, f * h
+    return SeamProfiles(rows / 3.0, row_n.astype(np.float64), cols / 3.0, col_n.astype(np.float64))
+
+
+def seam_scores(
+    video: np.ndarray,
+    grids: Sequence[tuple[Sequence[int] | np.ndarray, Sequence[int] | np.ndarray]],
+    band: int = 1,
+    exclude_mask: np.ndarray | None = None,
+) -> list[float]:
+    """``seam_score`` of one video at many grids (e.g. every refinement step's), computing the
+    image gradients once: ``[seam_score(video, rows, cols, band, exclude_mask) for rows, cols in
+    grids]`` at the cost of one call plus a few sums over ``H + W`` numbers per grid."""
+    if band < 1:
+        raise ValueError(f"band must be >= 1, got {band}")
+    grids = list(grids)
+    if not grids:
+        return []
+    profiles = seam_profiles(video, exclude_mask)
+    return [profiles.score(rows, cols, band) for rows, cols in grids]
+
+
 def seam_score(
     video: np.ndarray,
     rows: Sequence[int] | np.ndarray = (),
@@ -126,6 +249,7 @@ def seam_score(
 
     which is the plain ratio "mean difference at borders / mean difference elsewhere" for
     isotropic content, but is not fooled by content whose gradients run mostly one way.
+    To score many grids on one video, use ``seam_scores`` (the gradients are computed once).
 
     Parameters
     ----------
@@ -149,44 +273,13 @@ def seam_score(
     """
     if band < 1:
         raise ValueError(f"band must be >= 1, got {band}")
-    v = _as_video(video).astype(np.float32)
-    _, h, w, _ = v.shape
-    row_at = _border_index(rows, h, band) if h > 1 else np.zeros(0, bool)
-    col_at = _border_index(cols, w, band) if w > 1 else np.zeros(0, bool)
-    if not row_at.any() and not col_at.any():
-        return float("nan")
-
-    keep = None
-    if exclude_mask is not None:
-        keep = ~np.asarray(exclude_mask, bool)
-        if keep.shape != v.shape[:3]:
-            raise ValueError(f"exclude_mask shape {keep.shape} != {v.shape[:3]}")
-
-    border_sum = 0.0
-    expected = 0.0
-    n_border = 0.0
-    for axis, at in ((1, row_at), (2, col_at)):
-        if not at.any():
-            continue
-        d = np.abs(np.diff(v, axis=axis)).mean(axis=-1)  # (F, H-1, W) or (F, H, W-1)
-        other = (0, 2) if axis == 1 else (0, 1)
-        if keep is None:
-            total = d.sum(axis=other)
-            count = np.full(total.shape, d.size / total.size)
-        else:
-            k = keep[:, 1:] & keep[:, :-1] if axis == 1 else keep[:, :, 1:] & keep[:, :, :-1]
-            total = np.where(k, d, 0).sum(axis=other)
-            count = k.sum(axis=other).astype(np.float64)
-        n_int = count[~at].sum()
-        interior = total[~at].sum() / n_int if n_int else 0.0
-        border_sum += total[at].sum()
-        expected += count[at].sum() * interior
-        n_border += count[at].sum()
-    if n_border == 0:
-        return float("nan")
-    if expected == 0:
-        return 1.0 if border_sum == 0 else float("inf")
-    return float(border_sum / expected)
+    _, h, w, _ = _as_video(video).shape
+    inside = [p for p in np.asarray(rows).ravel() if 0 < p < h] + [
+        p for p in np.asarray(cols).ravel() if 0 < p < w
+    ]
+    if not inside:
+        return float("nan")  # no border in the frame: skip the pass over the pixels
+    return seam_profiles(video, exclude_mask).score(rows, cols, band)
 
 
 # ------------------------------------------------------------------------------------ object counting

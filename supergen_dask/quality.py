@@ -8,25 +8,34 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.toy import COLOURS, parse_prompt
+from pipelines.toy import COLOURS, PROMPT_GRAMMAR, parse_prompt
 from supergen_dask import config
 from supergen_dask.metrics import (
     detail_gain,
     duplication,
     grid_lines,
     object_mask,
-    seam_score,
+    seam_scores,
     temporal_flicker,
 )
 from supergen_dask.plan import RenderPlan
 
-__all__ = ["prompted_colour", "step_grid_lines", "upscaled_sketch", "render_quality"]
+__all__ = ["prompted_colour", "counted_colour", "step_grid_lines", "upscaled_sketch", "render_quality"]
 
 
 def prompted_colour(prompt: str) -> tuple[int, int, int] | None:
     """RGB of the object colour a toy-grammar prompt names, if it names one."""
     name = parse_prompt(prompt).get("colour")
     return None if name is None else COLOURS[name]
+
+
+def counted_colour(plan: RenderPlan) -> tuple[int, int, int] | None:
+    """The object colour the quality record looks for: only a model that declares the toy prompt
+    grammar (``ModelInfo.prompt_grammar``) is asked for one object of the prompted colour; a real
+    model's prompt may name a colour by chance ("a red car") without meaning a flat toy shape."""
+    if plan.model.prompt_grammar != PROMPT_GRAMMAR:
+        return None
+    return prompted_colour(plan.spec.prompt)
 
 
 def step_grid_lines(plan: RenderPlan, step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,8 +61,12 @@ def render_quality(plan: RenderPlan, store, frames: np.ndarray | None = None) ->
     ``seam_score_last``/``_mean``/``_max``: seam score on the final video at the borders of the
     last step's grid, and averaged/maximised over every refinement step's grid (with shifting the
     grids move, so no border stays put). ``detail_gain``: high-frequency energy relative to the
-    bicubic-upscaled sketch. For prompts of the toy grammar, the prompted object is excluded from
-    the seam and flicker statistics and counted (``object_counts``, ``exactly_one``).
+    bicubic-upscaled sketch. For a model of the toy prompt grammar (``counted_colour``), the
+    prompted object is excluded from the seam and flicker statistics and counted
+    (``object_counts``, ``median_count``, ``exactly_one``); other models' records have no counts.
+
+    The image gradients are computed once for all steps' grids (``seam_scores``), so the record's
+    cost does not grow with the number of refinement steps.
     """
     window = slice(None)
     if frames is None:
@@ -63,14 +76,11 @@ def render_quality(plan: RenderPlan, store, frames: np.ndarray | None = None) ->
         start = max(0, (total - limit) // 2)
         window = slice(start, start + min(total, limit))
         frames = store.decoded_frames(window)
-    colour = prompted_colour(plan.spec.prompt)
+    colour = counted_colour(plan)
     mask = object_mask(frames, colour) if colour is not None else None
-    scores = []
-    for step in plan.refine.steps:
-        rows, cols = step_grid_lines(plan, step)
-        if len(rows) or len(cols):
-            scores.append(seam_score(frames, rows, cols, exclude_mask=mask))
-    scores = [s for s in scores if np.isfinite(s)]
+    grids = [step_grid_lines(plan, step) for step in plan.refine.steps]
+    grids = [(rows, cols) for rows, cols in grids if len(rows) or len(cols)]
+    scores = [s for s in seam_scores(frames, grids, exclude_mask=mask) if np.isfinite(s)]
     out: dict[str, Any] = {
         "frames": int(frames.shape[0]),
         "seam_score_last": scores[-1] if scores else None,

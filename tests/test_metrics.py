@@ -21,7 +21,9 @@ from supergen_dask.metrics import (
     luma,
     object_mask,
     psnr,
+    seam_profiles,
     seam_score,
+    seam_scores,
     ssim,
     temporal_flicker,
 )
@@ -289,3 +291,217 @@ def test_ssim_matches_textbook_definition(clean, sigma):
     a = clean[0, 20:80, 30:100]
     b = _add_noise(a, sigma, seed=sigma)
     assert ssim(a, b) == pytest.approx(_ssim_reference(a, b), abs=1e-6)
+
+
+# ------------------------------------------------------------------ many grids from one gradient pass
+
+
+def _seam_score_before(video, rows=(), cols=(), band=1, exclude_mask=None):
+    """``seam_score`` as it was before the gradient profiles (one full gradient pass per call),
+    kept verbatim as the reference the profiles must reproduce."""
+    from supergen_dask.metrics import _as_video, _border_index
+
+    v = _as_video(video).astype(np.float32)
+    _, h, w, _ = v.shape
+    row_at = _border_index(rows, h, band) if h > 1 else np.zeros(0, bool)
+    col_at = _border_index(cols, w, band) if w > 1 else np.zeros(0, bool)
+    if not row_at.any() and not col_at.any():
+        return float("nan")
+    keep = None if exclude_mask is None else ~np.asarray(exclude_mask, bool)
+    border_sum = expected = n_border = 0.0
+    for axis, at in ((1, row_at), (2, col_at)):
+        if not at.any():
+            continue
+        d = np.abs(np.diff(v, axis=axis)).mean(axis=-1)
+        other = (0, 2) if axis == 1 else (0, 1)
+        if keep is None:
+            total = d.sum(axis=other)
+            count = np.full(total.shape, d.size / total.size)
+        else:
+            k = keep[:, 1:] & keep[:, :-1] if axis == 1 else keep[:, :, 1:] & keep[:, :, :-1]
+            total = np.where(k, d, 0).sum(axis=other)
+            count = k.sum(axis=other).astype(np.float64)
+        n_int = count[~at].sum()
+        interior = total[~at].sum() / n_int if n_int else 0.0
+        border_sum += total[at].sum()
+        expected += count[at].sum() * interior
+        n_border += count[at].sum()
+    if n_border == 0:
+        return float("nan")
+    if expected == 0:
+        return 1.0 if border_sum == 0 else float("inf")
+    return float(border_sum / expected)
+
+
+def _step_grids(n_steps, tile=TILE, latent=LATENT, factor=FACTOR, one_axis=False):
+    """Grids of a diagonally shifting schedule, as render_quality sees them (some one-axis only)."""
+    grids = []
+    for s in range(n_steps):
+        rows = grid_lines(s, tile, latent, factor)
+        cols = grid_lines(s + 1, tile, latent, factor)
+        grids.append((rows, [] if one_axis and s % 3 == 2 else cols))
+    return grids
+
+
+def _assert_same_scores(new, old):
+    assert len(new) == len(old)
+    for a, b in zip(new, old, strict=True):
+        if math.isnan(b):
+            assert math.isnan(a)
+        else:
+            assert a == pytest.approx(b, rel=1e-5)  # the reference sums in float32, profiles exactly
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("band", [1, 3])
+def test_seam_scores_equal_the_old_per_step_scores(clean, masked, band):
+    mask = object_mask(clean, SCENE.colour_rgb) if masked else None
+    grids = _step_grids(8, one_axis=True)
+    rows0, cols0 = grids[0]
+    rng = np.random.default_rng(band)
+    videos = {
+        "clean": clean,
+        "random": rng.integers(0, 256, clean.shape, dtype=np.uint8),
+        "noisy": _add_noise(clean, 10, seed=band),
+        "planted seam": _checkerboard(clean, rows0, cols0, 8),
+    }
+    for name, video in videos.items():
+        old = [_seam_score_before(video, r, c, band=band, exclude_mask=mask) for r, c in grids]
+        new = seam_scores(video, grids, band=band, exclude_mask=mask)
+        _assert_same_scores(new, old)
+        _assert_same_scores([seam_score(video, r, c, band=band, exclude_mask=mask) for r, c in grids], old)
+        if name == "planted seam" and band == 1:  # the scores mean something: the seamed grid stands out
+            # (with tiles of 4 latent units, the shift comes back to the seamed grid at step 4)
+            assert new[0] == new[4] > 3 and max(new[1:4]) < new[0] / 2, new
+
+
+@fast
+@given(
+    seed=st.integers(0, 10_000),
+    shape=st.tuples(st.integers(1, 4), st.integers(1, 24), st.integers(1, 24)),
+    chunk=st.integers(1, 5),
+    masked=st.booleans(),
+)
+def test_seam_profiles_any_shape_and_chunking(seed, shape, chunk, masked):
+    rng = np.random.default_rng(seed)
+    f, h, w = shape
+    video = rng.integers(0, 256, (f, h, w, 3), dtype=np.uint8)
+    mask = rng.random((f, h, w)) < 0.3 if masked else None
+    grids = [(rng.integers(-2, h + 3, 3), rng.integers(-2, w + 3, 2)) for _ in range(4)] + [([], [])]
+    profiles = seam_profiles(video, mask, frames_per_chunk=chunk)
+    old = [_seam_score_before(video, r, c, exclude_mask=mask) for r, c in grids]
+    _assert_same_scores([profiles.score(r, c) for r, c in grids], old)
+    # float videos take the float path and agree too
+    _assert_same_scores(seam_scores(video.astype(np.float32), grids, exclude_mask=mask), old)
+
+
+def test_seam_scores_edge_cases(clean):
+    assert seam_scores(clean, []) == []
+    flat = np.full((2, 16, 16, 3), 80, np.uint8)
+    stepped = flat.copy()
+    stepped[:, 8:] += 10
+    got = seam_scores(stepped, [([8], []), ([], [8]), ([0, 16], [])])
+    assert got[0] == math.inf and got[1] == 1.0 and math.isnan(got[2])
+    with pytest.raises(ValueError, match="band"):
+        seam_scores(clean, [([8], [])], band=0)
+    with pytest.raises(ValueError, match="exclude_mask"):
+        seam_scores(clean, [([8], [])], exclude_mask=np.zeros((1, 2, 2), bool))
+
+
+def test_seam_scores_read_the_pixels_once(clean, monkeypatch):
+    from supergen_dask import metrics
+
+    calls = []
+    real = metrics.seam_profiles
+    monkeypatch.setattr(metrics, "seam_profiles", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert len(seam_scores(clean, _step_grids(8))) == 8
+    assert len(calls) == 1
+
+
+# -------------------------------------------------------------------------- the quality record
+
+
+PROMPT = "a large red circle moving right on a gray textured background"
+
+
+class _SketchOnly:
+    """The one thing render_quality reads from a store when the frames are given."""
+
+    def __init__(self, sketch):
+        self.sketch = sketch
+
+    def read_sketch_pixels(self):
+        return self.sketch
+
+
+def _quality(model: str, grammar: str | None = None, steps=8, k=6):
+    from supergen_dask import RenderSpec, plan_render
+    from supergen_dask.quality import render_quality
+
+    plan = plan_render(
+        RenderSpec(
+            prompt=PROMPT,
+            model=model,
+            height=128,
+            width=192,
+            num_frames=9,
+            num_inference_steps=steps,
+            refine_steps=k,
+            seed=0,
+        )
+    )
+    if grammar is not None:
+        plan = dataclasses.replace(plan, model=dataclasses.replace(plan.model, prompt_grammar=grammar))
+    scene = Scene.from_prompt(PROMPT, seed=0)
+    video = render_scene(scene, 128, 192, 9)
+    q = render_quality(plan, _SketchOnly(video[:, ::2, ::2]), frames=video)
+    return plan, video, scene, q
+
+
+def test_models_declare_their_prompt_grammar(tmp_path):
+    from pipelines import model_info
+    from pipelines.toy import PROMPT_GRAMMAR
+    from pipelines.wan import save_tiny_pipeline
+    from supergen_dask import RenderPlan
+
+    assert PROMPT_GRAMMAR == "toy-shapes"
+    assert model_info("toy-wan").prompt_grammar == "toy-shapes"  # from the shipped supergen.json
+    assert model_info("tiny-random-wan").prompt_grammar == ""
+    assert model_info("random-wan2.1-1.3b-shape").prompt_grammar == ""
+    assert model_info(str(save_tiny_pipeline(tmp_path / "m"))).prompt_grammar == ""  # no key: none
+    plan, *_ = _quality("toy-wan")
+    d = plan.to_dict()
+    assert RenderPlan.from_dict(d).model.prompt_grammar == "toy-shapes"
+    del d["model"]["prompt_grammar"]  # plans stored before the field existed still load
+    assert RenderPlan.from_dict(d).model.prompt_grammar == ""
+
+
+def test_objects_counted_only_for_a_model_of_the_toy_grammar():
+    _, video, scene, toy = _quality("toy-wan")
+    assert toy["object_counts"] == [1] * 9 and toy["exactly_one"] and toy["median_count"] == 1.0
+    # the same prompt and frames from models without the grammar: no counts, no object mask
+    for model, grammar in [("tiny-random-wan", None), ("toy-wan", "")]:
+        _, _, _, real = _quality(model, grammar)
+        assert not {"object_counts", "median_count", "exactly_one"} & set(real), model
+        assert real["temporal_flicker"] > toy["temporal_flicker"]  # the moving object is not masked out
+    # and a declared grammar is what switches it on, whatever the model's name
+    _, _, _, declared = _quality("tiny-random-wan", "toy-shapes")
+    assert declared["object_counts"] == [1] * 9
+
+
+@pytest.mark.parametrize("model", ["toy-wan", "tiny-random-wan"])
+def test_render_quality_seams_equal_the_old_per_step_scores(model):
+    from supergen_dask.quality import step_grid_lines
+
+    plan, video, scene, q = _quality(model)
+    mask = object_mask(video, scene.colour_rgb) if model == "toy-wan" else None
+    old = []
+    for step in plan.refine.steps:
+        rows, cols = step_grid_lines(plan, step)
+        if len(rows) or len(cols):
+            old.append(_seam_score_before(video, rows, cols, exclude_mask=mask))
+    old = [s for s in old if np.isfinite(s)]
+    assert len(old) >= 4
+    assert q["seam_score_last"] == pytest.approx(old[-1], rel=1e-5)
+    assert q["seam_score_mean"] == pytest.approx(np.mean(old), rel=1e-5)
+    assert q["seam_score_max"] == pytest.approx(np.max(old), rel=1e-5)

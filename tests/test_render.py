@@ -235,7 +235,8 @@ def test_quality_is_measured_and_stored(tmp_path, client):
     q = result.quality
     assert q is not None and q["frames"] == 9
     assert np.isfinite(q["seam_score_last"]) and np.isfinite(q["detail_gain"])
-    assert q["object_counts"] and isinstance(q["exactly_one"], bool)  # the prompt names a toy colour
+    # the prompt names a toy colour, but tiny-random-wan declares no prompt grammar: nothing counted
+    assert "object_counts" not in q and "exactly_one" not in q
     assert RenderStore.open(str(result.store_path), mode="r").attrs["quality"] == q
 
 
@@ -265,4 +266,4 @@ def test_quality_of_long_videos_uses_a_middle_window(tmp_path, client):
 
     with dask.config.set({"supergen.quality.max-frames": 5}):
         result = sd.render(tiny_spec(), output_dir=tmp_path / "r", client=client, progress=False)
-    assert result.quality["frames"] == 5 and len(result.quality["object_counts"]) == 5
+    assert result.quality["frames"] == 5

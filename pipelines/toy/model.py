@@ -24,7 +24,15 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
-from pipelines.toy.procedural import BG_COLOURS, BG_STYLES, COLOURS, DIRECTIONS, SHAPES, SIZES
+from pipelines.toy.procedural import (
+    BG_COLOURS,
+    BG_STYLES,
+    COLOURS,
+    DIRECTIONS,
+    PROMPT_GRAMMAR,
+    SHAPES,
+    SIZES,
+)
 
 __all__ = [
     "SpaceToDepthAutoencoder",
@@ -241,6 +249,7 @@ def save_toy_pipeline(
         "default_guidance": 4.0,
         "max_sequence_length": TOY_TEXT_TOKENS,
         "description": "toy Wan trained on procedural videos (shapes of 6 colours moving over gradients/textures)",
+        "prompt_grammar": PROMPT_GRAMMAR,
         **(extra or {}),
     }
     (root / "supergen.json").write_text(json.dumps(info, indent=2))

@@ -41,6 +41,7 @@ __all__ = [
     "BG_GAIN_RANGE",
     "TRAVEL",
     "PROMPT_TEMPLATE",
+    "PROMPT_GRAMMAR",
     "Scene",
     "parse_prompt",
     "sample_scene",
@@ -91,6 +92,9 @@ TRAVEL: float = 0.4
 """Distance the object travels over a clip, as a fraction of the frame extent along its motion."""
 
 PROMPT_TEMPLATE = "a {size} {colour} {shape} moving {direction} on a {bg_colour} {bg_style} background"
+
+PROMPT_GRAMMAR = "toy-shapes"
+"""Name of this prompt grammar, as a model trained on it declares it (``ModelInfo.prompt_grammar``)."""
 
 _MARGIN = 0.02  # gap kept between the object's bounding box and the frame edge (frame fractions)
 _SQUARE_SIDE = float(np.sqrt(np.pi) / 2)  # square side per unit circle diameter (equal area)
