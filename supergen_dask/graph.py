@@ -300,8 +300,28 @@ class _Graph:
             deps = [self.tiles.get(k) for k in rf.covering(rf.last, wy, wx, wh, ww)]
             decodes.append(self.named_task(f"decode_{reg.row}_{reg.col}", tasks.decode_region, i, deps=deps))
         if not self.video_path.exists():  # a lost video is re-encoded from the decoded regions
+            folder = self.video_path.parent / "segments"
+            paths = [str(folder / f"segment_{i:03d}.mp4") for i in range(len(plan.encode_segments()))]
+            segments = [
+                self.named_task(
+                    f"segment_{i}",
+                    tasks.encode_segment,
+                    i,
+                    path,
+                    deps=decodes,
+                    gpu=False,
+                    force=not Path(path).exists(),
+                )
+                for i, path in enumerate(paths)
+            ]
             self.named_task(
-                "encode", tasks.encode_output, str(self.video_path), deps=decodes, gpu=False, force=True
+                "encode",
+                tasks.encode_output,
+                str(self.video_path),
+                paths,
+                deps=segments,
+                gpu=False,
+                force=True,
             )
         if config.get("quality.enabled") and "quality" not in self.store.attrs:
             self.named_task("quality", tasks.measure_quality, deps=decodes, gpu=False, force=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 from pipelines import ModelInfo
 from pipelines.schedulers import resolve_scheduler
-from storage import DecodeLayout, DecodeRegion, RenderLayout, StageLayout
+from storage import DecodeLayout, DecodeRegion, RenderLayout, StageLayout, segment_ranges
 from supergen_dask import config
 from supergen_dask.geometry import ShiftSchedule, TileGrid, TileKey, round_up
 from supergen_dask.spec import RenderSpec, SpecError
@@ -134,6 +134,11 @@ class RenderPlan:
     refine: StagePlan
     decode_margin: int
     upscale_margin: int = 8
+    # settings that decide the output's bytes or record live in the plan, never read by a task
+    # from the worker's configuration (a remote worker's differs from the driver's)
+    encode_threads: int = 2
+    encode_segment_frames: int = 16
+    quality_frames: int = 33
 
     # -- derived ----------------------------------------------------------------------------------
     @property
@@ -190,8 +195,14 @@ class RenderPlan:
             names.append("upscale")
             names += [f"start_{r}_{c}" for r, c in self.refine.grid.tiles()]
         names += [f"decode_{r.row}_{r.col}" for r in self.decode_regions()]
+        names += [f"segment_{i}" for i in range(len(self.encode_segments()))]
         names.append("encode")
         return tuple(names)
+
+    def encode_segments(self) -> list[tuple[int, int]]:
+        """Pixel-frame ranges ``[start, stop)`` encoded as separate segments, of balanced length."""
+        n = math.ceil(self.pixel_frames / self.encode_segment_frames)
+        return segment_ranges(self.pixel_frames, math.ceil(self.pixel_frames / n))
 
     def decode_regions(self) -> tuple[DecodeRegion, ...]:
         g = self.refine.grid
@@ -253,6 +264,9 @@ class RenderPlan:
             "refine": self.refine.to_dict(),
             "decode_margin": self.decode_margin,
             "upscale_margin": self.upscale_margin,
+            "encode_threads": self.encode_threads,
+            "encode_segment_frames": self.encode_segment_frames,
+            "quality_frames": self.quality_frames,
         }
 
     @classmethod
@@ -267,6 +281,9 @@ class RenderPlan:
             refine=StagePlan.from_dict(d["refine"]),
             decode_margin=d["decode_margin"],
             upscale_margin=d.get("upscale_margin", 8),
+            encode_threads=d.get("encode_threads", 2),
+            encode_segment_frames=d.get("encode_segment_frames", 10**6),
+            quality_frames=d.get("quality_frames", 33),
         )
 
 
@@ -355,4 +372,17 @@ def plan_render(spec: RenderSpec) -> RenderPlan:
         refine=refine,
         decode_margin=int(config.get("decode.margin")),
         upscale_margin=int(config.get("upscale.margin")),
+        encode_threads=int(config.get("encode.threads")),
+        encode_segment_frames=int(config.get("encode.segment-frames")),
+        quality_frames=quality_frames(spec.height, spec.width),
     )
+
+
+def quality_frames(height: int, width: int) -> int:
+    """Frames the quality record measures: ``quality.max-frames``, fewer for large videos so it
+    reads at most ``quality.max-pixels`` pixels (never fewer than 3: flicker needs neighbours)."""
+    limit = int(config.get("quality.max-frames"))
+    budget = float(config.get("quality.max-pixels") or 0)
+    if budget > 0:
+        limit = min(limit, max(3, int(budget // (height * width))))
+    return limit

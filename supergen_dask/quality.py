@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.toy import COLOURS, PROMPT_GRAMMAR, parse_prompt
-from supergen_dask import config
 from supergen_dask.metrics import (
     detail_gain,
     duplication,
@@ -72,7 +71,7 @@ def render_quality(plan: RenderPlan, store, frames: np.ndarray | None = None) ->
     if frames is None:
         # long, large videos: measure a contiguous window of frames in the middle (flicker needs
         # neighbours), so the record stays cheap next to the render
-        total, limit = plan.pixel_frames, int(config.get("quality.max-frames") or plan.pixel_frames)
+        total, limit = plan.pixel_frames, plan.quality_frames
         start = max(0, (total - limit) // 2)
         window = slice(start, start + min(total, limit))
         frames = store.decoded_frames(window)

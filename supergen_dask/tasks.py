@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from supergen_dask import config, worker_models
+from supergen_dask import worker_models
 from supergen_dask.geometry import TileKey
 from supergen_dask.noise import position_noise, window_noise
 from supergen_dask.plan import RenderPlan, StagePlan
@@ -32,6 +32,7 @@ __all__ = [
     "upscale_sketch",
     "encode_start",
     "decode_region",
+    "encode_segment",
     "encode_output",
     "measure_quality",
     "worker_code",
@@ -421,25 +422,51 @@ def decode_region(plan: RenderPlan, url: str, instance: str, index: int, *deps) 
     return _receipt("decode", task, t0)
 
 
-def encode_output(plan: RenderPlan, url: str, instance: str, video_path: str, *deps) -> dict:
-    """Blend the decoded regions frame by frame and encode the video (one sequential consumer)."""
+def encode_segment(plan: RenderPlan, url: str, instance: str, index: int, path: str, *deps) -> dict:
+    """Blend the decoded regions of one run of frames and encode it as its own video segment."""
     from pathlib import Path
 
-    from storage import encode_video
+    from storage import encode_segment as encode
+
+    t0 = time.perf_counter()
+    task = f"segment_{index}"
+    store = _store(url, instance)
+    if store.task_is_done(task) and Path(path).exists():
+        return _receipt("encode", task, t0, skipped=True)
+    a, b = plan.encode_segments()[index]
+    chunk = store.layout.decode.frames_per_chunk
+
+    def frames():
+        for s in range(a, b, chunk):
+            yield from store.decoded_frames(slice(s, min(b, s + chunk)))
+
+    out = plan.spec.output
+    encode(
+        frames(),
+        path,
+        fps=plan.spec.fps,
+        codec=out.codec,
+        crf=out.crf,
+        threads=plan.encode_threads,
+        first_frame=a,
+    )
+    store.mark_task_done(task)
+    return _receipt("encode", task, t0, frames=b - a)
+
+
+def encode_output(plan: RenderPlan, url: str, instance: str, video_path: str, segments: list, *deps) -> dict:
+    """Join the encoded segments into the video without re-encoding, then drop the segments."""
+    from pathlib import Path
+
+    from storage import join_segments
 
     t0 = time.perf_counter()
     store = _store(url, instance)
     if store.task_is_done("encode") and Path(video_path).exists():
         return _receipt("encode", "encode", t0, skipped=True, path=video_path)
-    out = plan.spec.output
-    info = encode_video(
-        store.iter_decoded(),
-        video_path,
-        fps=plan.spec.fps,
-        codec=out.codec,
-        crf=out.crf,
-        threads=int(config.get("encode.threads")),
-    )
+    info = join_segments(segments, video_path)
+    for seg in segments:
+        Path(seg).unlink(missing_ok=True)
     store.mark_task_done("encode")
     return _receipt("encode", "encode", t0, path=info.path, frames=info.frames)
 

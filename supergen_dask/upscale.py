@@ -96,4 +96,3 @@ def context_window(start: int, length: int, margin: int, size: int) -> tuple[int
     """``[lo, hi)`` of a core ``[start, start + length)`` grown by ``margin`` on each side, inside
     ``[0, size)`` (the canvas edge is an edge for the VAE too, as in a whole-video encode)."""
     return max(0, start - margin), min(size, start + length + margin)
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import av
+import dask
 import numpy as np
 import pytest
 
@@ -257,3 +258,21 @@ def test_mismatched_segments_are_refused(tmp_path, second, match):
 def test_segment_bad_first_frame(tmp_path):
     with pytest.raises(ValueError, match="first_frame"):
         encode_segment(_moving(2), tmp_path / "s.mp4", fps=FPS, first_frame=-1)
+
+
+def test_render_video_is_its_segments_joined(tmp_path, client):
+    """A render encodes its video as segments in parallel tasks and joins them losslessly: the
+    result equals the decoded pixels, and the segments are gone once joined."""
+    from conftest import tiny_spec
+
+    import supergen_dask as sd
+    from storage import RenderStore
+
+    with dask.config.set({"supergen.encode.segment-frames": 4}):
+        spec = tiny_spec(output=sd.OutputSettings(codec="lossless"))
+        result = sd.render(spec, output_dir=tmp_path / "r", client=client, progress=False)
+    assert result.plan.encode_segments() == [(0, 3), (3, 6), (6, 9)]
+    assert sum(r["name"].startswith("segment_") for r in result.receipts) == 3
+    store = RenderStore.open(str(result.store_path), mode="r")
+    np.testing.assert_array_equal(read_video(result.video_path), store.decoded_frames())
+    assert not list((result.render_dir / "segments").glob("*.mp4"))
