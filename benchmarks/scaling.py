@@ -30,10 +30,8 @@ STAGES = ("prompt", "stage1", "upscale", "stage2", "decode", "encode", "quality"
 def stage_of(receipt: dict) -> str | None:
     """Which stage of the render a task receipt belongs to."""
     task, name = receipt.get("task"), str(receipt.get("name", ""))
-    if task in ("predict", "denoise") or (task == "init" and name == "sketch_init"):
+    if task in ("predict", "denoise"):
         return "stage1" if name.startswith("sketch") else "stage2"
-    if task == "init":
-        return "stage2"
     if task in ("upscale", "start"):
         return "upscale"
     return {"prompt": "prompt", "decode": "decode", "encode": "encode", "quality": "quality"}.get(task)

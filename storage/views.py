@@ -85,7 +85,7 @@ def open_render(
         "done": (("step", "tile_y", "tile_x"), da.from_zarr(store.array(f"{stage}/done")).astype(bool)),
     }
     stats = da.from_zarr(store.array(f"{stage}/tile_stats"))
-    for i, name in enumerate(STAT_FIELDS):
+    for i, name in enumerate(STAT_FIELDS[: stats.shape[-1]]):  # older stores have fewer fields
         data_vars[f"tile_{name}"] = (("step", "tile_y", "tile_x"), stats[..., i])
     offsets = np.asarray(st.offsets, dtype=np.int64)
     coords = {

@@ -260,12 +260,10 @@ class _Graph:
         """Load the denoiser on every worker first thing, so no GPU waits for it in stage 2."""
         if all(self.store.done_mask(st.name).all() for st in self.plan.stages):
             return
-        spec = self.plan.spec
         for i, address in enumerate(sorted(self.client.scheduler_info()["workers"])):
             fut = self.client.submit(
                 tasks.warm_worker,
-                spec.model,
-                spec.dtype,
+                *self.args,
                 key=(f"warm-{self.run}", i),
                 workers=[address],
                 allow_other_workers=False,

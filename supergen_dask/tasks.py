@@ -138,11 +138,18 @@ def init_stage(plan: RenderPlan, url: str, instance: str, stage_name: str, *deps
     return _receipt("init", task, t0)
 
 
-def warm_worker(model: str, dtype: str) -> dict:
-    """Load the denoiser on this worker now (while the sketch runs), not when stage 2 reaches it."""
+def warm_worker(plan: RenderPlan, url: str, instance: str, *deps) -> dict:
+    """Load the denoiser on this worker now, and run one forward at the first stage's tile shape
+    (the first call on a card pays for kernel selection and lazy CUDA set-up: 3.5 s measured on
+    an H200), while the prompt is encoded, not when the sketch or stage 2 first reaches it."""
     t0 = time.perf_counter()
-    backend = worker_models.get_backend(model, dtype)
+    backend = worker_models.get_backend(plan.spec.model, plan.spec.dtype)
     backend.load_transformer()
+    st = plan.stages[0]
+    g = st.grid
+    x = torch.zeros(1, st.channels, st.latent_frames, g.tile_h, g.tile_w, device=backend.device)
+    emb = torch.zeros(1, plan.model.text_tokens, plan.model.text_embed_dim, device=backend.device)
+    backend.predict(x, torch.full((1,), float(st.timesteps[0]), device=backend.device), emb)
     _sync(backend.device)
     return _receipt("warm", "warm", t0, gpu=worker_models.gpu_identity())
 

@@ -7,6 +7,7 @@ Marked ``gpu`` and skipped without CUDA (CI has none). Run them on the lent GPU 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 
 import numpy as np
@@ -41,10 +42,30 @@ def _spec(**overrides) -> sd.RenderSpec:
     return sd.RenderSpec(**fields)
 
 
+_CLIENTS: dict[int, Client] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _clusters():
+    """One dask-cuda cluster per GPU count for the whole module (each start costs seconds)."""
+    with contextlib.ExitStack() as stack:
+        _CLIENTS["stack"] = stack
+        yield
+    _CLIENTS.clear()
+
+
+def _client(n_gpus: int) -> Client:
+    if n_gpus not in _CLIENTS:
+        stack = _CLIENTS["stack"]
+        cluster = stack.enter_context(make_cluster(n_workers=n_gpus))
+        _CLIENTS[n_gpus] = stack.enter_context(Client(cluster))
+    client = _CLIENTS[n_gpus]
+    assert len(client.scheduler_info()["workers"]) == n_gpus
+    return client
+
+
 def _render(spec, out, n_gpus: int):
-    with make_cluster(n_workers=n_gpus) as cluster, Client(cluster) as client:
-        assert len(client.scheduler_info()["workers"]) == n_gpus
-        return sd.render(spec, output_dir=out, client=client, progress=False)
+    return sd.render(spec, output_dir=out, client=_client(n_gpus), progress=False)
 
 
 def _gpus(result) -> dict[str, set[str]]:
@@ -147,8 +168,7 @@ def test_resume_on_gpu_gives_the_same_bytes(tmp_path):
         if task.startswith(("decode", "encode")):
             store.array("task_done")[store.task_index(task)] = 0
     (part / "video.mp4").unlink()
-    with make_cluster(n_workers=1) as cluster, Client(cluster) as client:
-        resumed = sd.resume(part, client=client, progress=False)
+    resumed = sd.resume(part, client=_client(1), progress=False)
     assert (
         resumed.summary()["tile_tasks_run"]
         == (len(full.plan.refine.steps) - half) * full.plan.refine.grid.n_tiles
