@@ -33,9 +33,12 @@ CODECS = {
     # name: (encoder, pixel format, default options)
     # mbtree off: with it on, x264 (as bundled with PyAV) gave different bytes for the same frames
     # from run to run (it reads memory it did not write); off, every run is bit-identical.
+    # h264 uses `veryfast`: `medium` encoded 4K at 0.45 frames/s per 2 threads (84 s of a 220 s
+    # render on 2 H200s); on 8 grainy 1080p frames at crf 18 (2 threads, a 2-core CPU) veryfast
+    # took 1.25 s against medium's 11.1 s, at the same PSNR (38.45 vs 38.39 dB) and 11% fewer bytes.
     # x264's defaults also make segments joinable (see join_segments): every stream starts with an
     # IDR frame, and GOPs are closed (open-gop off), so no frame of a segment references another.
-    "h264": ("libx264", "yuv420p", {"preset": "medium", "x264-params": "mbtree=0"}),
+    "h264": ("libx264", "yuv420p", {"preset": "veryfast", "x264-params": "mbtree=0"}),
     "lossless": ("libx264rgb", "rgb24", {"preset": "medium", "crf": "0", "x264-params": "mbtree=0"}),
 }
 
