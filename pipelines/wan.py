@@ -11,19 +11,18 @@ Three ways to get one:
 
 from __future__ import annotations
 
-import hashlib
 import json
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipelines.base import ModelInfo, VideoBackend
+from pipelines.base import FamilyDefaults, LazyBackend, ModelInfo, directory_revision, read_overrides
 from pipelines.text import HashTextEncoder
 
 __all__ = [
+    "DEFAULTS",
     "TINY_TRANSFORMER_CONFIG",
     "TINY_VAE_CONFIG",
     "WanBackend",
@@ -33,6 +32,22 @@ __all__ = [
     "load_directory",
     "save_tiny_pipeline",
 ]
+
+DEFAULTS = FamilyDefaults(
+    family="wan",
+    pipelines=("WanPipeline",),
+    components=("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+    native_height=480,
+    native_width=832,
+    native_frames=81,
+    fps=16,
+    default_steps=50,
+    default_guidance=5.0,
+    default_refine_fraction=0.9,
+    temporal_factor=4,
+    text_tokens=512,
+    description="Wan 2.1 T2V (WanTransformer3DModel + AutoencoderKLWan, UMT5); 1280x720 for 14B-wide transformers",
+)
 
 FLOW_UNIPC = {
     "prediction_type": "flow_prediction",
@@ -155,37 +170,20 @@ def directory_info(path: str | Path) -> ModelInfo:
     transformer = json.loads((root / "transformer" / "config.json").read_text())
     vae = json.loads((root / "vae" / "config.json").read_text())
     sched = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
-    extra: dict[str, Any] = {}
-    if (root / "supergen.json").exists():
-        extra = json.loads((root / "supergen.json").read_text())
-    revision = hashlib.sha256()
-    for part in sorted(root.rglob("*")):
-        if part.is_file():
-            rel = str(part.relative_to(root))
-            # configs by content, weights by size (hashing gigabytes of weights would be slow)
-            revision.update(
-                rel.encode()
-                + (part.read_bytes() if part.suffix == ".json" else str(part.stat().st_size).encode())
-            )
+    extra = read_overrides(root)
     inner = transformer.get("num_attention_heads", 12) * transformer.get("attention_head_dim", 128)
-    small = inner <= 1536
+    if inner > 1536:  # 14B-wide: 720p native
+        extra = {"native_height": 720, "native_width": 1280, **extra}
     info = dict(
-        native_height=extra.get("native_height", 480 if small else 720),
-        native_width=extra.get("native_width", 832 if small else 1280),
-        native_frames=extra.get("native_frames", 81),
-        fps=extra.get("fps", 16),
-        default_steps=extra.get("default_steps", 50),
-        default_guidance=extra.get("default_guidance", 5.0),
+        **DEFAULTS.overrides(extra),
         description=extra.get("description", f"Wan model from {root}"),
-        text_tokens=int(extra.get("max_sequence_length", 512)),
-        default_refine_fraction=float(extra.get("default_refine_fraction", 0.9)),
-        revision=revision.hexdigest()[:16],
+        revision=directory_revision(root),
     )
     cls = sched.pop("_class_name")
     return _wan_info(str(root), transformer, vae, cls, sched, **info)
 
 
-class WanBackend(VideoBackend):
+class WanBackend(LazyBackend):
     """Wan 2.1 text-to-video through diffusers components, loaded lazily per component."""
 
     def __init__(
@@ -197,37 +195,9 @@ class WanBackend(VideoBackend):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
-        super().__init__(info, device, dtype)
-        self._loaders = {"transformer": load_transformer, "vae": load_vae, "text": load_text}
-        self._components: dict[str, Any] = {}
-        self._load_lock = threading.Lock()
-        # The VAE keeps per-call feature caches on the module: one call at a time per process.
-        self._vae_lock = threading.Lock()
-
-    def _get(self, name: str):
-        comp = self._components.get(name)
-        if comp is None:
-            with self._load_lock:
-                comp = self._components.get(name)
-                if comp is None:
-                    comp = self._loaders[name]()
-                    self._components[name] = comp
-        return comp
-
-    @property
-    def transformer(self) -> torch.nn.Module:
-        return self._get("transformer")
-
-    @property
-    def vae(self) -> torch.nn.Module:
-        return self._get("vae")
-
-    def load_transformer(self) -> None:
-        self._get("transformer")
-
-    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-        pos, neg = self._get("text")(prompt, negative_prompt)
-        return pos.float().cpu(), neg.float().cpu()
+        super().__init__(
+            info, {"transformer": load_transformer, "vae": load_vae, "text": load_text}, device, dtype
+        )
 
     @torch.no_grad()
     def predict(self, latents, timestep, embeds, offset=(0, 0)):
