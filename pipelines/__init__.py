@@ -132,11 +132,11 @@ def model_info(ref: str) -> ModelInfo:
         return dataclasses.replace(module.directory_info(shipped[ref]), name=ref)
     try:
         module = _directory_module(ref)
+        if module is None:
+            raise _unknown(ref)
+        return module.directory_info(ref)
     except ModelDirectoryError as exc:
         raise UnknownModelError(str(exc)) from None
-    if module is None:
-        raise _unknown(ref)
-    return module.directory_info(ref)
 
 
 def load_backend(
@@ -153,8 +153,8 @@ def load_backend(
         return backend
     try:
         module = _directory_module(ref)
+        if module is None:
+            raise _unknown(ref)
+        return module.load_directory(ref, device, dtype)
     except ModelDirectoryError as exc:
         raise UnknownModelError(str(exc)) from None
-    if module is None:
-        raise _unknown(ref)
-    return module.load_directory(ref, device, dtype)

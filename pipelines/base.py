@@ -64,10 +64,12 @@ class ModelInfo:
     revision: str = ""
     description: str = ""
     latent_frame_multiple: int = 1
+    latent_pad_frames: int = 0
 
     def frames_ok(self, num_frames: int) -> bool:
         """Whether the VAE can take ``num_frames`` (causal video VAEs want 1 + k * factor) and the
-        transformer its latent frames (a temporal patch wants a multiple of its size)."""
+        transformer its latent frames (a temporal patch wants a multiple of its size, after the
+        ``latent_pad_frames`` throw-away frames some pipelines put in front)."""
         return (
             num_frames >= 1
             and (num_frames - 1) % self.temporal_factor == 0
@@ -78,14 +80,19 @@ class ModelInfo:
         f, m = self.temporal_factor, self.latent_frame_multiple
         if m == 1:
             return f"1 + {f}*k frames (e.g. {1 + f}, {1 + 2 * f}, {1 + 4 * f}, {1 + 20 * f})"
-        examples = ", ".join(str(self.pixel_frames(m * j)) for j in (1, 2, 5, 11))
-        return f"1 + {f}*k frames with a multiple of {m} latent frames, i.e. k + 1 divisible by {m} (e.g. {examples})"
+        ok = [n for n in range(1, 1 + 60 * f, f) if self.frames_ok(n)]
+        examples = ", ".join(str(n) for n in ok[:3] + ok[-1:])
+        return (
+            f"1 + {f}*k frames whose latent frames (plus {self.latent_pad_frames} padding) are a "
+            f"multiple of {m} (e.g. {examples})"
+        )
 
     def latent_frames(self, num_frames: int) -> int:
-        return (num_frames - 1) // self.temporal_factor + 1
+        """Latent frames of the canvas, padding included."""
+        return (num_frames - 1) // self.temporal_factor + 1 + self.latent_pad_frames
 
     def pixel_frames(self, latent_frames: int) -> int:
-        return (latent_frames - 1) * self.temporal_factor + 1
+        return (latent_frames - self.latent_pad_frames - 1) * self.temporal_factor + 1
 
     @property
     def native_latent_hw(self) -> tuple[int, int]:
@@ -174,14 +181,15 @@ class FamilyDefaults:
     default_refine_fraction: float = 0.9
     temporal_factor: int = 4
     latent_frame_multiple: int = 1
+    latent_pad_frames: int = 0
     text_tokens: int = 512
     guidance_note: str = ""
     description: str = ""
 
     def frame_rule(self) -> str:
-        f, m = self.temporal_factor, self.latent_frame_multiple
+        f, m, pad = self.temporal_factor, self.latent_frame_multiple, self.latent_pad_frames
         rule = f"1+{f}k"
-        return rule if m == 1 else f"{rule}, (k+1)%{m}==0"
+        return rule if m == 1 else f"{rule}, (k+{1 + pad})%{m}==0"
 
     def overrides(self, extra: dict[str, Any]) -> dict[str, Any]:
         """The ModelInfo fields of these defaults, each replaced by ``extra`` (supergen.json) if set."""
