@@ -93,7 +93,11 @@ def _flow_match_sigmas_class():
             max_image_seq_len: int = 4096,
             invert_sigmas: bool = False,
             shift_terminal: float | None = None,
+            use_karras_sigmas: bool = False,
+            use_exponential_sigmas: bool = False,
+            use_beta_sigmas: bool = False,
             time_shift_type: str = "exponential",
+            stochastic_sampling: bool = False,
             sigma_spacing: str = "default",
             mu: float | None = None,
         ):
@@ -107,7 +111,11 @@ def _flow_match_sigmas_class():
                 max_image_seq_len=max_image_seq_len,
                 invert_sigmas=invert_sigmas,
                 shift_terminal=shift_terminal,
+                use_karras_sigmas=use_karras_sigmas,
+                use_exponential_sigmas=use_exponential_sigmas,
+                use_beta_sigmas=use_beta_sigmas,
                 time_shift_type=time_shift_type,
+                stochastic_sampling=stochastic_sampling,
             )
 
         def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None, timesteps=None):

@@ -36,6 +36,7 @@ def test_directory_is_detected_with_its_rules(cog_dir):
         sd.plan_render(sd.RenderSpec(prompt="a", model=str(cog_dir), num_frames=13))
 
 
+@torch.no_grad()
 def test_canvas_offset_changes_a_tile_and_offset_zero_is_the_pipelines_rotary(cog_dir):
     from diffusers import CogVideoXPipeline
 
