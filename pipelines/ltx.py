@@ -254,7 +254,7 @@ def load_directory(
         from transformers import AutoTokenizer, T5EncoderModel
 
         tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer", local_files_only=True)
-        encoder = T5EncoderModel.from_pretrained(root, subfolder="text_encoder", torch_dtype=dtype, **kw)
+        encoder = T5EncoderModel.from_pretrained(root, subfolder="text_encoder", dtype=dtype, **kw)
         encoder = encoder.to(device).eval().requires_grad_(False)
         pipe = LTXPipeline(
             tokenizer=tokenizer, text_encoder=encoder, vae=None, transformer=None, scheduler=None
