@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULTS",
     "TINY_TRANSFORMER_CONFIG",
     "TINY_VAE_CONFIG",
+    "TINY_TI2V_VAE_CONFIG",
     "WanBackend",
     "preset_info",
     "directory_info",
@@ -172,7 +173,9 @@ def directory_info(path: str | Path) -> ModelInfo:
     sched = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
     extra = read_overrides(root)
     inner = transformer.get("num_attention_heads", 12) * transformer.get("attention_head_dim", 128)
-    if inner > 1536:  # 14B-wide: 720p native
+    if int(vae.get("scale_factor_spatial") or 8) == 16:  # Wan 2.2 TI2V-5B: 1280x704, 121 frames, 24 fps
+        extra = {"native_height": 704, "native_width": 1280, "native_frames": 121, "fps": 24, **extra}
+    elif inner > 1536:  # 14B-wide (Wan 2.1 14B, Wan 2.2 A14B): 720p native
         extra = {"native_height": 720, "native_width": 1280, **extra}
     info = dict(
         **DEFAULTS.overrides(extra),
@@ -199,11 +202,34 @@ class WanBackend(LazyBackend):
             info, {"transformer": load_transformer, "vae": load_vae, "text": load_text}, device, dtype
         )
 
+    # Wan 2.2: A14B switches to a second (low-noise) expert below a boundary timestep; TI2V-5B
+    # gives the transformer one timestep per token. Set by load_directory from model_index.json.
+    boundary_timestep: float | None = None
+    expand_timesteps: bool = False
+
+    def load_transformer(self) -> None:
+        self._get("transformer")
+        if self.boundary_timestep is not None:
+            self._get("transformer_2")
+
+    def expert(self, timestep: torch.Tensor) -> torch.nn.Module:
+        """The transformer that denoises at ``timestep`` (the pipeline's rule: the high-noise one
+        at and above the boundary)."""
+        if self.boundary_timestep is None or float(timestep.reshape(-1)[0]) >= self.boundary_timestep:
+            return self.transformer
+        return self._get("transformer_2")
+
     @torch.no_grad()
     def predict(self, latents, timestep, embeds, offset=(0, 0)):
-        out = self.transformer(
+        model = self.expert(timestep)
+        t = timestep.to(self.device)
+        if self.expand_timesteps:
+            _, ph, pw = model.config.patch_size
+            b, _, f, h, w = latents.shape
+            t = t.reshape(b, 1).expand(b, f * (h // ph) * (w // pw))
+        out = model(
             hidden_states=latents.to(self.device, self.dtype),
-            timestep=timestep.to(self.device),
+            timestep=t,
             encoder_hidden_states=embeds.to(self.device, self.dtype),
             return_dict=False,
         )[0]
@@ -305,8 +331,8 @@ def load_directory(
     info = directory_info(root)
     kw = dict(local_files_only=True, use_safetensors=True)
 
-    def transformer():
-        m = WanTransformer3DModel.from_pretrained(root, subfolder="transformer", torch_dtype=dtype, **kw)
+    def transformer(subfolder: str = "transformer"):
+        m = WanTransformer3DModel.from_pretrained(root, subfolder=subfolder, torch_dtype=dtype, **kw)
         return m.to(device).eval().requires_grad_(False)
 
     def vae():
@@ -338,46 +364,78 @@ def load_directory(
 
         return encode
 
-    return WanBackend(info, transformer, vae, text, device, dtype)
+    backend = WanBackend(info, transformer, vae, text, device, dtype)
+    index = json.loads((Path(root) / "model_index.json").read_text())
+    if index.get("boundary_ratio") is not None and (index.get("transformer_2") or [None])[0] is not None:
+        sched = json.loads((Path(root) / "scheduler" / "scheduler_config.json").read_text())
+        backend.boundary_timestep = float(index["boundary_ratio"]) * sched.get("num_train_timesteps", 1000)
+        backend._loaders["transformer_2"] = lambda: transformer("transformer_2")
+    backend.expand_timesteps = bool(index.get("expand_timesteps", False))
+    return backend
 
 
-def save_tiny_pipeline(path: str | Path, seed: int = 0, native: tuple[int, int] = (64, 64)) -> Path:
+TINY_TI2V_VAE_CONFIG: dict[str, Any] = dict(
+    base_dim=3,
+    z_dim=48,
+    in_channels=12,
+    out_channels=12,
+    is_residual=True,
+    patch_size=2,
+    latents_mean=[0.0] * 48,
+    latents_std=[1.0] * 48,
+    dim_mult=[1, 1, 1, 1],
+    num_res_blocks=1,
+    scale_factor_spatial=16,
+    scale_factor_temporal=4,
+    temperal_downsample=[False, True, True],
+)
+
+
+def save_tiny_pipeline(
+    path: str | Path, seed: int = 0, native: tuple[int, int] = (64, 64), variant: str = "2.1"
+) -> Path:
     """Save a tiny Wan pipeline (transformer, VAE, UMT5 text encoder, word-level tokenizer,
-    UniPC scheduler) in diffusers layout, built entirely in code. Used to test loading from disk."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+    UniPC scheduler) in diffusers layout, built entirely in code. Used to test loading from disk.
 
+    ``variant``: ``"2.1"``; ``"2.2-a14b"`` (a second, low-noise expert ``transformer_2`` switched
+    in below ``boundary_ratio`` 0.875, as Wan2.2-T2V-A14B); ``"2.2-ti2v"`` (Wan2.2-TI2V-5B's
+    48-channel 16x VAE and per-token timesteps).
+    """
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from pipelines.text import TINY_WORDS, tiny_word_tokenizer
+
+    if variant not in ("2.1", "2.2-a14b", "2.2-ti2v"):
+        raise ValueError(f"unknown tiny Wan variant {variant!r}")
     root = Path(path)
-    words = [
-        "<pad>",
-        "</s>",
-        "<unk>",
-        "a",
-        "red",
-        "green",
-        "blue",
-        "circle",
-        "square",
-        "moving",
-        "left",
-        "right",
-    ]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    )
+    words = TINY_WORDS
+    tcfg = dict(TINY_TRANSFORMER_CONFIG)
+    vcfg = TINY_VAE_CONFIG
+    if variant == "2.2-ti2v":
+        tcfg.update(in_channels=48, out_channels=48)
+        vcfg = TINY_TI2V_VAE_CONFIG
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         encoder = UMT5EncoderModel(
             UMT5Config(vocab_size=len(words), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=4)
         ).eval()
-        transformer = WanTransformer3DModel(**TINY_TRANSFORMER_CONFIG)
-        vae = AutoencoderKLWan(**TINY_VAE_CONFIG)
+        transformer = WanTransformer3DModel(**tcfg)
+        vae = AutoencoderKLWan(**vcfg)
+        transformer_2 = WanTransformer3DModel(**tcfg) if variant == "2.2-a14b" else None
     scheduler = UniPCMultistepScheduler(**FLOW_UNIPC)
+    extra: dict[str, Any] = {}
+    if variant == "2.2-a14b":
+        extra = dict(transformer_2=transformer_2, boundary_ratio=0.875)
+    elif variant == "2.2-ti2v":
+        extra = dict(expand_timesteps=True)
     pipe = WanPipeline(
-        tokenizer=tokenizer, text_encoder=encoder, vae=vae, scheduler=scheduler, transformer=transformer
+        tokenizer=tiny_word_tokenizer(words),
+        text_encoder=encoder,
+        vae=vae,
+        scheduler=scheduler,
+        transformer=transformer,
+        **extra,
     )
     pipe.save_pretrained(root, safe_serialization=True)
     (root / "supergen.json").write_text(
@@ -389,7 +447,7 @@ def save_tiny_pipeline(path: str | Path, seed: int = 0, native: tuple[int, int] 
                 "fps": 8,
                 "default_steps": 10,
                 "max_sequence_length": 16,
-                "description": "tiny random Wan pipeline saved from code (tests)",
+                "description": f"tiny random Wan {variant} pipeline saved from code (tests)",
             }
         )
     )
