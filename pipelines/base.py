@@ -134,9 +134,17 @@ class VideoBackend:
     ) -> torch.Tensor:
         """Model output for a batch of latent tiles at one timestep.
 
-        ``latents`` is ``(B, C, F, h, w)``, ``timestep`` ``(B,)``, ``embeds`` ``(B, L, D)``.
-        ``offset`` is the tile's top-left position on the canvas in latent cells; models with
-        relative (rotary) positions ignore it, models with absolute positions must use it.
+        ``latents`` is ``(B, C, F, h, w)``, ``timestep`` ``(B,)``, ``embeds`` ``(B, L, D)``:
+        stacked outputs of ``encode_prompt``, which the renderer stores and hands back without
+        looking inside, so a family that needs more than token embeddings (an attention mask, a
+        pooled vector) packs them into that one tensor (``pack_text``), its shape being
+        ``(ModelInfo.text_tokens, ModelInfo.text_embed_dim)``.
+        ``offset`` is the tile's top-left position on the canvas in latent cells (not always a
+        whole patch). Whether it matters is a property of the family, established by a test per
+        family: rotary positions seen only by self-attention are relative and make it irrelevant
+        (Wan, LTX); rotary positions on video tokens attending jointly with unrotated text tokens
+        (CogVideoX, HunyuanVideo) or absolute embeddings make the output depend on it, and the
+        backend starts its positions at ``offset``.
         """
         raise NotImplementedError
 
@@ -189,7 +197,11 @@ class FamilyDefaults:
     def frame_rule(self) -> str:
         f, m, pad = self.temporal_factor, self.latent_frame_multiple, self.latent_pad_frames
         rule = f"1+{f}k"
-        return rule if m == 1 else f"{rule}, (k+{1 + pad})%{m}==0"
+        if m == 1:
+            return rule
+        if m == 2:  # latent frames k + 1 + pad must be even
+            return f"{rule}, k {'odd' if pad % 2 == 0 else 'even'}"
+        return f"{rule}, k+{1 + pad} a multiple of {m}"
 
     def overrides(self, extra: dict[str, Any]) -> dict[str, Any]:
         """The ModelInfo fields of these defaults, each replaced by ``extra`` (supergen.json) if set."""
