@@ -23,10 +23,18 @@ from types import ModuleType
 
 import torch
 
-from pipelines.base import FamilyDefaults, ModelDirectoryError, ModelInfo, VideoBackend, check_directory
+from pipelines.base import (
+    FamilyDefaults,
+    ImageCondition,
+    ModelDirectoryError,
+    ModelInfo,
+    VideoBackend,
+    check_directory,
+)
 
 __all__ = [
     "FamilyDefaults",
+    "ImageCondition",
     "ModelInfo",
     "VideoBackend",
     "UnknownModelError",

@@ -20,6 +20,7 @@ import torch
 
 __all__ = [
     "FamilyDefaults",
+    "ImageCondition",
     "ModelInfo",
     "VideoBackend",
     "LazyBackend",
@@ -102,6 +103,36 @@ class ModelInfo:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ImageCondition:
+    """How a family conditions on an image, in the two parts a tiled renderer treats differently.
+
+    ``latents`` ``(B, Ci, F, h, w)`` lie on the latent canvas cell for cell (Wan's mask + encoded
+    first frame, CogVideoX's encoded first frame): a tile gets the crop of its own window, wrapped
+    like its latents. ``embeds`` ``(B, L, D)`` are global (Wan 2.1's CLIP image tokens): every tile
+    gets all of them. Either may be ``None``.
+    """
+
+    latents: torch.Tensor | None = None
+    embeds: torch.Tensor | None = None
+
+    def crop(self, y0: int, x0: int, h: int, w: int) -> ImageCondition:
+        """The condition of the tile whose window starts at ``(y0, x0)`` (wrapping the canvas)."""
+        if self.latents is None:
+            return self
+        H, W = self.latents.shape[-2:]
+        ys = [(y0 + i) % H for i in range(h)]
+        xs = [(x0 + i) % W for i in range(w)]
+        return ImageCondition(self.latents[..., ys, :][..., xs], self.embeds)
+
+    def repeat(self, n: int) -> ImageCondition:
+        """The same condition for a batch of ``n`` (e.g. both classifier-free guidance branches)."""
+        return ImageCondition(
+            None if self.latents is None else self.latents.expand(n, *self.latents.shape[1:]),
+            None if self.embeds is None else self.embeds.expand(n, *self.embeds.shape[1:]),
+        )
+
+
 class VideoBackend:
     """Base class of the model backends. Subclasses load components lazily.
 
@@ -131,6 +162,7 @@ class VideoBackend:
         timestep: torch.Tensor,
         embeds: torch.Tensor,
         offset: tuple[int, int] = (0, 0),
+        image: ImageCondition | None = None,
     ) -> torch.Tensor:
         """Model output for a batch of latent tiles at one timestep.
 
@@ -145,11 +177,23 @@ class VideoBackend:
         (Wan, LTX); rotary positions on video tokens attending jointly with unrotated text tokens
         (CogVideoX, HunyuanVideo) or absolute embeddings make the output depend on it, and the
         backend starts its positions at ``offset``.
+        ``image`` is the tile's part of ``encode_image``'s condition (image-to-video models only).
         """
         raise NotImplementedError
 
     def load_transformer(self) -> None:
         """Make sure the denoiser is resident (tasks call this before timing a forward)."""
+
+    # -- image conditioning (image-to-video models; ``info.supports_image``) ---------------------
+    def encode_image(self, image: torch.Tensor, num_frames: int) -> ImageCondition:
+        """The condition of an image-to-video model for ``image`` ``(1, 3, H, W)`` in ``[-1, 1]``.
+
+        ``H, W`` are the pixel size of the latent canvas it conditions (the native size for a
+        sketch; the padded high-resolution canvas for tiles, the image resized and padded like the
+        upscaled sketch), ``num_frames`` the video's pixel frames. ``predict`` then takes
+        ``image=condition.crop(*offset, h, w).repeat(B)`` for a tile.
+        """
+        raise NotImplementedError(f"{self.info.name} is a text-to-video model and takes no image")
 
     # -- VAE ----------------------------------------------------------------------------------
     def vae_encode(self, video: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,14 @@ from typing import Any
 
 import torch
 
-from pipelines.base import FamilyDefaults, LazyBackend, ModelInfo, directory_revision, read_overrides
+from pipelines.base import (
+    FamilyDefaults,
+    ImageCondition,
+    LazyBackend,
+    ModelInfo,
+    directory_revision,
+    read_overrides,
+)
 from pipelines.text import HashTextEncoder
 
 __all__ = [
@@ -36,7 +43,7 @@ __all__ = [
 
 DEFAULTS = FamilyDefaults(
     family="wan",
-    pipelines=("WanPipeline",),
+    pipelines=("WanPipeline", "WanImageToVideoPipeline"),
     components=("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
     native_height=480,
     native_width=832,
@@ -47,7 +54,7 @@ DEFAULTS = FamilyDefaults(
     default_refine_fraction=0.9,
     temporal_factor=4,
     text_tokens=512,
-    description="Wan 2.1 T2V (WanTransformer3DModel + AutoencoderKLWan, UMT5); 1280x720 for 14B-wide transformers",
+    description="Wan 2.1/2.2 (WanTransformer3DModel + AutoencoderKLWan, UMT5); I2V through the backend only",
 )
 
 FLOW_UNIPC = {
@@ -177,10 +184,12 @@ def directory_info(path: str | Path) -> ModelInfo:
         extra = {"native_height": 704, "native_width": 1280, "native_frames": 121, "fps": 24, **extra}
     elif inner > 1536:  # 14B-wide (Wan 2.1 14B, Wan 2.2 A14B): 720p native
         extra = {"native_height": 720, "native_width": 1280, **extra}
+    index = json.loads((root / "model_index.json").read_text())
     info = dict(
         **DEFAULTS.overrides(extra),
         description=extra.get("description", f"Wan model from {root}"),
         revision=directory_revision(root),
+        supports_image=index.get("_class_name") == "WanImageToVideoPipeline",
     )
     cls = sched.pop("_class_name")
     return _wan_info(str(root), transformer, vae, cls, sched, **info)
@@ -220,20 +229,62 @@ class WanBackend(LazyBackend):
         return self._get("transformer_2")
 
     @torch.no_grad()
-    def predict(self, latents, timestep, embeds, offset=(0, 0)):
+    def predict(self, latents, timestep, embeds, offset=(0, 0), image=None):
         model = self.expert(timestep)
         t = timestep.to(self.device)
+        x = latents.to(self.device, self.dtype)
+        image_embeds = None
+        if self.info.supports_image:
+            if image is None or image.latents is None:
+                raise ValueError(
+                    f"{self.info.name} is an image-to-video model: predict needs the tile's image "
+                    "condition (the renderer does not pass one yet)"
+                )
+            if self.expand_timesteps:
+                raise NotImplementedError(
+                    "Wan 2.2 TI2V image conditioning (first-frame replacement) is not built"
+                )
+            # Wan I2V: the mask and encoded first frame ride along as extra input channels
+            x = torch.cat([x, image.latents.to(self.device, self.dtype)], dim=1)
+            if image.embeds is not None:
+                image_embeds = image.embeds.to(self.device, self.dtype)
         if self.expand_timesteps:
             _, ph, pw = model.config.patch_size
             b, _, f, h, w = latents.shape
             t = t.reshape(b, 1).expand(b, f * (h // ph) * (w // pw))
         out = model(
-            hidden_states=latents.to(self.device, self.dtype),
+            hidden_states=x,
             timestep=t,
             encoder_hidden_states=embeds.to(self.device, self.dtype),
+            encoder_hidden_states_image=image_embeds,
             return_dict=False,
         )[0]
         return out.float()
+
+    @torch.no_grad()
+    def encode_image(self, image: torch.Tensor, num_frames: int) -> ImageCondition:
+        """WanImageToVideoPipeline's condition: a first-frame mask (4 channels, one per frame of
+        the VAE's temporal group) and the normalised latents of ``[image, black, ...]``, plus the
+        CLIP image encoder's penultimate hidden states when the model has one (Wan 2.1)."""
+        if not self.info.supports_image:
+            return super().encode_image(image, num_frames)
+        vae = self.vae
+        _, _, H, W = image.shape
+        f = self.info.temporal_factor
+        video = torch.cat([image[:, :, None], image.new_zeros(1, 3, num_frames - 1, H, W)], dim=2)
+        with self._vae_lock:
+            z = vae.encode(video.to(self.device, torch.float32)).latent_dist.mode()
+        mean, std = self._latent_stats(z)
+        z = (z - mean) / std
+        frames, h, w = z.shape[2:]
+        mask = torch.zeros(1, f * frames, h, w, device=z.device)
+        mask[:, :f] = 1  # the first pixel frame, repeated over the first latent frame's group
+        mask = mask.view(1, frames, f, h, w).transpose(1, 2)
+        embeds = None
+        encoder = self._get("image") if "image" in self._loaders else None
+        if encoder is not None:
+            embeds = encoder(image)
+        return ImageCondition(torch.cat([mask, z], dim=1).float(), embeds)
 
     def _latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.vae.config
@@ -366,6 +417,30 @@ def load_directory(
 
     backend = WanBackend(info, transformer, vae, text, device, dtype)
     index = json.loads((Path(root) / "model_index.json").read_text())
+    if (index.get("image_encoder") or [None])[0] is not None:
+
+        def image_encoder():
+            from transformers import CLIPImageProcessor, CLIPVisionModel
+
+            processor = CLIPImageProcessor.from_pretrained(
+                root, subfolder="image_processor", local_files_only=True
+            )
+            encoder = CLIPVisionModel.from_pretrained(
+                root, subfolder="image_encoder", dtype=torch.float32, **kw
+            )
+            encoder = encoder.to(device).eval().requires_grad_(False)
+
+            @torch.no_grad()
+            def encode(image: torch.Tensor) -> torch.Tensor:
+                # back to the uint8 picture the pipeline's processor is given
+                pixels = ((image[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+                inputs = processor(images=pixels.permute(1, 2, 0).cpu().numpy(), return_tensors="pt")
+                out = encoder(pixel_values=inputs.pixel_values.to(device), output_hidden_states=True)
+                return out.hidden_states[-2].float()
+
+            return encode
+
+        backend._loaders["image"] = image_encoder
     if index.get("boundary_ratio") is not None and (index.get("transformer_2") or [None])[0] is not None:
         sched = json.loads((Path(root) / "scheduler" / "scheduler_config.json").read_text())
         backend.boundary_timestep = float(index["boundary_ratio"]) * sched.get("num_train_timesteps", 1000)
@@ -399,14 +474,15 @@ def save_tiny_pipeline(
 
     ``variant``: ``"2.1"``; ``"2.2-a14b"`` (a second, low-noise expert ``transformer_2`` switched
     in below ``boundary_ratio`` 0.875, as Wan2.2-T2V-A14B); ``"2.2-ti2v"`` (Wan2.2-TI2V-5B's
-    48-channel 16x VAE and per-token timesteps).
+    48-channel 16x VAE and per-token timesteps); ``"2.1-i2v"`` (WanImageToVideoPipeline: the
+    first-frame condition as 20 extra input channels, a CLIP vision encoder's image tokens).
     """
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
     from pipelines.text import TINY_WORDS, tiny_word_tokenizer
 
-    if variant not in ("2.1", "2.2-a14b", "2.2-ti2v"):
+    if variant not in ("2.1", "2.2-a14b", "2.2-ti2v", "2.1-i2v"):
         raise ValueError(f"unknown tiny Wan variant {variant!r}")
     root = Path(path)
     words = TINY_WORDS
@@ -415,6 +491,8 @@ def save_tiny_pipeline(
     if variant == "2.2-ti2v":
         tcfg.update(in_channels=48, out_channels=48)
         vcfg = TINY_TI2V_VAE_CONFIG
+    if variant == "2.1-i2v":  # the transformer of diffusers' I2V pipeline test
+        tcfg.update(in_channels=36, image_dim=4)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         encoder = UMT5EncoderModel(
@@ -423,13 +501,35 @@ def save_tiny_pipeline(
         transformer = WanTransformer3DModel(**tcfg)
         vae = AutoencoderKLWan(**vcfg)
         transformer_2 = WanTransformer3DModel(**tcfg) if variant == "2.2-a14b" else None
+        image_encoder = None
+        if variant == "2.1-i2v":
+            from transformers import CLIPVisionConfig, CLIPVisionModel
+
+            image_encoder = CLIPVisionModel(
+                CLIPVisionConfig(
+                    hidden_size=4,
+                    projection_dim=4,
+                    num_hidden_layers=2,
+                    num_attention_heads=2,
+                    image_size=32,
+                    intermediate_size=16,
+                    patch_size=1,
+                )
+            ).eval()
     scheduler = UniPCMultistepScheduler(**FLOW_UNIPC)
     extra: dict[str, Any] = {}
     if variant == "2.2-a14b":
         extra = dict(transformer_2=transformer_2, boundary_ratio=0.875)
     elif variant == "2.2-ti2v":
         extra = dict(expand_timesteps=True)
-    pipe = WanPipeline(
+    pipeline_class = WanPipeline
+    if variant == "2.1-i2v":
+        from diffusers import WanImageToVideoPipeline
+        from transformers import CLIPImageProcessor
+
+        pipeline_class = WanImageToVideoPipeline
+        extra = dict(image_encoder=image_encoder, image_processor=CLIPImageProcessor(crop_size=32, size=32))
+    pipe = pipeline_class(
         tokenizer=tiny_word_tokenizer(words),
         text_encoder=encoder,
         vae=vae,
