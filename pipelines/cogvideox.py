@@ -1,5 +1,5 @@
-"""CogVideoX family (1.5 and 1.0-5B text-to-video): ``CogVideoXTransformer3DModel`` +
-``AutoencoderKLCogVideoX`` + T5, from a local diffusers directory.
+"""CogVideoX family (1.5 and 1.0-5B text-to-video; 1.5 image-to-video through the backend):
+``CogVideoXTransformer3DModel`` + ``AutoencoderKLCogVideoX`` + T5, from a local diffusers directory.
 
 What differs from Wan, and how the backend hides it from the renderer:
 - **Layout**: the transformer takes ``(B, F, C, H, W)``; ``predict`` permutes from and to the
@@ -20,6 +20,9 @@ What differs from Wan, and how the backend hides it from the renderer:
   ``CogVideoXDDIMScheduler`` from the same config (v-prediction, the same noise schedule,
   deterministic; the pipeline's other supported scheduler).
 - **Normalisation**: latents are the VAE's posterior mode times ``scaling_factor``.
+- **Image-to-video** (``CogVideoXImageToVideoPipeline``): ``encode_image`` gives the image's
+  latent in the first latent frame and zeros elsewhere, concatenated to a tile's channels by
+  ``predict`` (plus 1.5's constant ``ofs``); the renderer does not pass it yet.
 - **Not supported**: ``use_dynamic_cfg`` (a guidance scale that changes every step) and
   CogVideoX-2B's absolute sincos position embeddings (refused at load).
 """
@@ -34,6 +37,7 @@ import torch
 
 from pipelines.base import (
     FamilyDefaults,
+    ImageCondition,
     LazyBackend,
     ModelDirectoryError,
     ModelInfo,
@@ -54,7 +58,7 @@ __all__ = [
 
 DEFAULTS = FamilyDefaults(
     family="cogvideox",
-    pipelines=("CogVideoXPipeline",),
+    pipelines=("CogVideoXPipeline", "CogVideoXImageToVideoPipeline"),
     components=("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
     native_height=768,
     native_width=1360,
@@ -149,7 +153,9 @@ def rotary_tables(
     return combine(t[0], h[0], w[0]), combine(t[1], h[1], w[1])
 
 
-def _info(root: Path, transformer: dict, vae: dict, sched: dict, extra: dict) -> ModelInfo:
+def _info(
+    root: Path, transformer: dict, vae: dict, sched: dict, extra: dict, image: bool = False
+) -> ModelInfo:
     v15 = transformer.get("patch_size_t") is not None
     if not transformer.get("use_rotary_positional_embeddings", False):
         raise ModelDirectoryError(
@@ -173,7 +179,8 @@ def _info(root: Path, transformer: dict, vae: dict, sched: dict, extra: dict) ->
         spatial_factor=2 ** (len(vae.get("block_out_channels", (1, 1, 1, 1))) - 1),
         temporal_factor=int(vae.get("temporal_compression_ratio", 4)),
         patch_spatial=int(transformer.get("patch_size", 2)),
-        latent_channels=int(transformer.get("in_channels", 16)),
+        latent_channels=int(transformer.get("in_channels", 16)) // (2 if image else 1),
+        supports_image=image,
         scheduler_class=cls,
         scheduler_config={k: v for k, v in sched.items() if not k.startswith("_")},
         text_embed_dim=int(transformer.get("text_embed_dim", 4096)),
@@ -189,12 +196,14 @@ def directory_info(path: str | Path) -> ModelInfo:
     """A diffusers-layout CogVideoX directory's configs (no weights) as a ModelInfo."""
     root = Path(path)
     read = lambda sub, name="config.json": json.loads((root / sub / name).read_text())  # noqa: E731
+    image = read(".", "model_index.json").get("_class_name") == "CogVideoXImageToVideoPipeline"
     return _info(
         root,
         read("transformer"),
         read("vae"),
         read("scheduler", "scheduler_config.json"),
         read_overrides(root),
+        image,
     )
 
 
@@ -202,7 +211,7 @@ class CogVideoXBackend(LazyBackend):
     """CogVideoX text-to-video behind the renderer's protocol (see the module docstring)."""
 
     @torch.no_grad()
-    def predict(self, latents, timestep, embeds, offset=(0, 0)):
+    def predict(self, latents, timestep, embeds, offset=(0, 0), image=None):
         model = self.transformer
         cfg = model.config
         p = cfg.patch_size
@@ -211,14 +220,42 @@ class CogVideoXBackend(LazyBackend):
         cos, sin = rotary_tables(
             cfg.attention_head_dim, (frames + p_t - 1) // p_t, h // p, w // p, (offset[0] / p, offset[1] / p)
         )
+        x = latents.to(self.device, self.dtype)
+        ofs = None
+        if self.info.supports_image:
+            if image is None or image.latents is None:
+                raise ValueError(
+                    f"{self.info.name} is an image-to-video model: predict needs the tile's image "
+                    "condition (the renderer does not pass one yet)"
+                )
+            x = torch.cat([x, image.latents.to(self.device, self.dtype)], dim=1)  # channels, as the pipeline
+            if cfg.ofs_embed_dim:
+                ofs = x.new_full((1,), 2.0)  # the I2V pipeline's constant
         out = model(
-            hidden_states=latents.to(self.device, self.dtype).permute(0, 2, 1, 3, 4),
+            hidden_states=x.permute(0, 2, 1, 3, 4),
+            ofs=ofs,
             encoder_hidden_states=embeds.to(self.device, self.dtype),
             timestep=timestep.to(self.device),
             image_rotary_emb=(cos.to(self.device), sin.to(self.device)),
             return_dict=False,
         )[0]
         return out.permute(0, 2, 1, 3, 4).float()
+
+    @torch.no_grad()
+    def encode_image(self, image: torch.Tensor, num_frames: int) -> ImageCondition:
+        """CogVideoXImageToVideoPipeline's condition: the image's scaled latent in the first latent
+        frame, zeros in the others (with 1.5's padding frame, the image sits in that frame, as in
+        the pipeline); no global embedding."""
+        if not self.info.supports_image:
+            return super().encode_image(image, num_frames)
+        vae = self.vae
+        with self._vae_lock:
+            z = vae.encode(image[:, :, None].to(self.device, torch.float32)).latent_dist.mode()
+        sf = vae.config.scaling_factor
+        z = z / sf if vae.config.invert_scale_latents else z * sf
+        frames = self.info.latent_frames(num_frames)
+        cond = torch.cat([z, z.new_zeros(1, z.shape[1], frames - 1, *z.shape[3:])], dim=2)
+        return ImageCondition(cond.float(), None)
 
     @torch.no_grad()
     def vae_encode(self, video: torch.Tensor) -> torch.Tensor:
@@ -289,9 +326,12 @@ def load_directory(
     return CogVideoXBackend(info, {"transformer": transformer, "vae": vae, "text": text}, device, dtype)
 
 
-def save_tiny_pipeline(path: str | Path, seed: int = 0, native: tuple[int, int] = (64, 64)) -> Path:
+def save_tiny_pipeline(
+    path: str | Path, seed: int = 0, native: tuple[int, int] = (64, 64), image: bool = False
+) -> Path:
     """Save a tiny CogVideoX 1.5-style pipeline (rotary transformer with temporal patch 2, VAE,
-    T5, word tokenizer, the DPM scheduler real checkpoints name) in diffusers layout, built in code."""
+    T5, word tokenizer, the DPM scheduler real checkpoints name) in diffusers layout, built in code.
+    ``image``: the image-to-video variant (image latents as extra input channels, ``ofs``)."""
     from diffusers import (
         AutoencoderKLCogVideoX,
         CogVideoXDPMScheduler,
@@ -308,9 +348,15 @@ def save_tiny_pipeline(path: str | Path, seed: int = 0, native: tuple[int, int] 
         encoder = T5EncoderModel(
             T5Config(vocab_size=len(TINY_WORDS), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=4)
         ).eval()
-        transformer = CogVideoXTransformer3DModel(**TINY_TRANSFORMER_CONFIG)
+        tcfg = dict(TINY_TRANSFORMER_CONFIG)
+        if image:
+            tcfg.update(in_channels=8, ofs_embed_dim=2)  # = time_embed_dim, as 512 = 512 in 1.5-I2V
+        transformer = CogVideoXTransformer3DModel(**tcfg)
         vae = AutoencoderKLCogVideoX(**TINY_VAE_CONFIG)
-    pipe = CogVideoXPipeline(
+    pipeline_class = CogVideoXPipeline
+    if image:
+        from diffusers import CogVideoXImageToVideoPipeline as pipeline_class
+    pipe = pipeline_class(
         tokenizer=tiny_word_tokenizer(),
         text_encoder=encoder,
         vae=vae,

@@ -111,3 +111,17 @@ def test_backend_roundtrip_shapes(cog_dir):
     assert video.shape == (1, 3, 9, 64, 64)
     z = b.vae_encode(video)
     assert z.shape == (1, 4, 4, 8, 8) and torch.equal(z[:, :, 0], z[:, :, 1])  # padding frame = first
+
+
+def test_three_x_render_is_bit_identical_on_one_and_three_workers(tmp_path, cog_dir):
+    from conftest import assert_renders_identical, local_client
+
+    spec = native_spec(cog_dir, steps=4, guidance=6.0, frames=9, size=(192, 192)).replace(
+        refine_steps=3, shift=sd.ShiftSettings()
+    )
+    with local_client(1) as c1:
+        one = sd.render(spec, output_dir=tmp_path / "one", client=c1, progress=False)
+    with local_client(3) as c3:
+        sd.render(spec, output_dir=tmp_path / "three", client=c3, progress=False)
+    assert one.plan.refine.grid.n_tiles == 9
+    assert_renders_identical(tmp_path / "one", tmp_path / "three")

@@ -119,3 +119,18 @@ def test_tiled_render_with_shifts_matches_the_full_canvas_method(tmp_path, clien
     assert_tiled_render_matches_reference(result)
     info = probe_video(result.video_path)
     assert (info.width, info.height, info.frames) == (128, 128, 9)
+
+
+def test_three_x_render_is_bit_identical_on_one_and_three_workers(tmp_path, hy_dir):
+    # in-process workers share one backend: concurrent tiles must not see each other's rotary offset
+    from conftest import assert_renders_identical, local_client
+
+    spec = native_spec(hy_dir, steps=4, guidance=1.0, frames=9, size=(192, 192)).replace(
+        refine_steps=3, shift=sd.ShiftSettings()
+    )
+    with local_client(1) as c1:
+        one = sd.render(spec, output_dir=tmp_path / "one", client=c1, progress=False)
+    with local_client(3) as c3:
+        sd.render(spec, output_dir=tmp_path / "three", client=c3, progress=False)
+    assert one.plan.refine.grid.n_tiles == 9
+    assert_renders_identical(tmp_path / "one", tmp_path / "three")

@@ -79,3 +79,65 @@ def test_backend_loop_equals_the_diffusers_i2v_pipeline(i2v_dir):
         x = sched.step(u + scale * (c - u), t, x, return_dict=False)[0]
         ours.append(x[0].permute(1, 0, 2, 3).numpy())
     assert_steps_close(ours, [t[0].permute(1, 0, 2, 3) for t in theirs])
+
+
+@pytest.fixture(scope="module")
+def cog_i2v_dir(tmp_path_factory):
+    from pipelines.cogvideox import save_tiny_pipeline as save_cog
+
+    return save_cog(tmp_path_factory.mktemp("models") / "cog-i2v", image=True)
+
+
+def test_cogvideox_backend_loop_equals_the_diffusers_i2v_pipeline(cog_i2v_dir, monkeypatch):
+    import diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video as cog_i2v
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline
+    from diffusers.video_processor import VideoProcessor
+
+    info = model_info(str(cog_i2v_dir))
+    assert info.family == "cogvideox" and info.supports_image and info.latent_channels == 4
+    rng = np.random.default_rng(1)
+    picture = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    b = load_backend(str(cog_i2v_dir))
+    pos, neg = b.encode_prompt("a red circle moving right", "")
+    g = torch.Generator().manual_seed(3)
+    start = torch.randn(1, 4, 4, 8, 8, generator=g)  # (B, C, F, h, w), F = 3 + the padding frame
+    steps, scale = 4, 6.0
+
+    # the pipeline samples the image's latent distribution; the backend takes its mode (determinism)
+    original = cog_i2v.retrieve_latents
+    monkeypatch.setattr(
+        cog_i2v, "retrieve_latents", lambda out, generator=None: original(out, sample_mode="argmax")
+    )
+    pipe = CogVideoXImageToVideoPipeline.from_pretrained(str(cog_i2v_dir))
+    pipe.scheduler = CogVideoXDDIMScheduler.from_config(pipe.scheduler.config)
+    theirs = collect_steps(
+        pipe,
+        image=picture,
+        prompt_embeds=pos[None],
+        negative_prompt_embeds=neg[None],
+        latents=start.permute(0, 2, 1, 3, 4).clone(),
+        num_inference_steps=steps,
+        guidance_scale=scale,
+        height=64,
+        width=64,
+        num_frames=9,
+    )
+
+    image = VideoProcessor(vae_scale_factor=8).preprocess(picture, height=64, width=64)
+    cond = b.encode_image(image, num_frames=9)
+    assert cond.latents.shape == (1, 4, 4, 8, 8) and cond.embeds is None
+    sched = b.make_scheduler()
+    sched.set_timesteps(steps)
+    x, ours = start.clone(), []
+    for t in sched.timesteps:
+        out = b.predict(
+            torch.cat([x, x]),
+            t.expand(2),
+            torch.stack([neg, pos]),
+            (0, 0),
+            image=cond.crop(0, 0, 8, 8).repeat(2),
+        )
+        u, c = out.chunk(2)
+        x = sched.step(u + scale * (c - u), t, x, return_dict=False)[0]
+        ours.append(x[0].permute(1, 0, 2, 3).numpy())
+    assert_steps_close(ours, [t[0] for t in theirs])
