@@ -134,3 +134,27 @@ def test_three_x_render_is_bit_identical_on_one_and_three_workers(tmp_path, hy_d
         sd.render(spec, output_dir=tmp_path / "three", client=c3, progress=False)
     assert one.plan.refine.grid.n_tiles == 9
     assert_renders_identical(tmp_path / "one", tmp_path / "three")
+
+
+def test_rotary_offset_is_per_thread():
+    import threading
+
+    from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoRotaryPosEmbed
+
+    rope = OffsetRotary(HunyuanVideoRotaryPosEmbed(2, 1, [2, 4, 4], 256.0))
+    x = torch.zeros(1, 4, 2, 8, 8)
+    barrier = threading.Barrier(2)
+    seen = {}
+
+    def tile(name, offset):
+        rope.set_offset(offset)
+        barrier.wait()  # both offsets are set before either thread builds its tables
+        seen[name] = rope(x)
+
+    threads = [threading.Thread(target=tile, args=(n, o)) for n, o in (("a", (0, 0)), ("b", (3, 5)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stock = rope.inner(x)
+    assert torch.equal(seen["a"][0], stock[0]) and not torch.equal(seen["b"][0], stock[0])
