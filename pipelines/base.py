@@ -284,6 +284,17 @@ class LazyBackend(VideoBackend):
         # VAEs keep per-call feature caches on the module: one call at a time per process.
         self._vae_lock = threading.Lock()
 
+    # For families whose output depends on absolute positions: start a tile's positions at its
+    # canvas offset (True), or at 0 as a native-size render would (False; ``supergen.json``
+    # ``"tile_positions": "tile"``), the choice whose quality at 2K/4K is still to be measured.
+    canvas_positions: bool = True
+
+    def position_offset(self, offset: tuple[int, int], patch: int) -> tuple[float, float]:
+        """Where a tile's positions start, in patches (fractional when a shift is not a whole patch)."""
+        if not self.canvas_positions:
+            return 0.0, 0.0
+        return offset[0] / patch, offset[1] / patch
+
     def _get(self, name: str):
         comp = self._components.get(name)
         if comp is None:

@@ -218,7 +218,7 @@ class CogVideoXBackend(LazyBackend):
         p_t = cfg.patch_size_t or 1
         _, _, frames, h, w = latents.shape
         cos, sin = rotary_tables(
-            cfg.attention_head_dim, (frames + p_t - 1) // p_t, h // p, w // p, (offset[0] / p, offset[1] / p)
+            cfg.attention_head_dim, (frames + p_t - 1) // p_t, h // p, w // p, self.position_offset(offset, p)
         )
         x = latents.to(self.device, self.dtype)
         ofs = None
@@ -323,7 +323,9 @@ def load_directory(
 
         return encode
 
-    return CogVideoXBackend(info, {"transformer": transformer, "vae": vae, "text": text}, device, dtype)
+    backend = CogVideoXBackend(info, {"transformer": transformer, "vae": vae, "text": text}, device, dtype)
+    backend.canvas_positions = read_overrides(root).get("tile_positions", "canvas") == "canvas"
+    return backend
 
 
 def save_tiny_pipeline(

@@ -188,7 +188,7 @@ class HunyuanVideoBackend(LazyBackend):
             guidance = torch.full(
                 (latents.shape[0],), self.embedded_guidance * 1000.0, device=self.device, dtype=self.dtype
             )
-        model.rope.set_offset((offset[0] / p, offset[1] / p))
+        model.rope.set_offset(self.position_offset(offset, p))
         out = model(
             hidden_states=latents.to(self.device, self.dtype),
             timestep=timestep.to(self.device, self.dtype),
@@ -273,13 +273,15 @@ def load_directory(
 
         return lambda prompt, negative: (one(prompt), one(negative))
 
-    return HunyuanVideoBackend(
+    backend = HunyuanVideoBackend(
         info,
         {"transformer": transformer, "vae": vae, "text": text},
         device,
         dtype,
         embedded_guidance=float(extra.get("embedded_guidance_scale", 6.0)),
     )
+    backend.canvas_positions = extra.get("tile_positions", "canvas") == "canvas"
+    return backend
 
 
 def save_tiny_pipeline(path: str | Path, seed: int = 0, native: tuple[int, int] = (64, 64)) -> Path:

@@ -125,3 +125,22 @@ def test_three_x_render_is_bit_identical_on_one_and_three_workers(tmp_path, cog_
         sd.render(spec, output_dir=tmp_path / "three", client=c3, progress=False)
     assert one.plan.refine.grid.n_tiles == 9
     assert_renders_identical(tmp_path / "one", tmp_path / "three")
+
+
+def test_tile_positions_setting(tmp_path, cog_dir):
+    import json
+    import shutil
+
+    local = tmp_path / "tile-positions"
+    shutil.copytree(cog_dir, local)
+    extra = json.loads((local / "supergen.json").read_text())
+    (local / "supergen.json").write_text(json.dumps({**extra, "tile_positions": "tile"}))
+    assert model_info(str(local)).revision != model_info(str(cog_dir)).revision  # renders never mix
+    x = torch.randn(1, 4, 4, 8, 8)
+    t = torch.tensor([500])
+    for path, moves in ((cog_dir, True), (local, False)):
+        b = load_backend(str(path))
+        pos, _ = b.encode_prompt("a red circle", "")
+        at0 = b.predict(x, t, pos[None], (0, 0))
+        moved = b.predict(x, t, pos[None], (6, 10))
+        assert torch.equal(at0, moved) != moves
