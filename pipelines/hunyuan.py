@@ -191,7 +191,7 @@ class HunyuanVideoBackend(LazyBackend):
         model.rope.set_offset(self.position_offset(offset, p))
         out = model(
             hidden_states=latents.to(self.device, self.dtype),
-            timestep=timestep.to(self.device, self.dtype),
+            timestep=timestep.to(self.device, torch.float32),  # as the pipeline: bf16 would round t
             encoder_hidden_states=text.to(self.device, self.dtype),
             encoder_attention_mask=mask.to(self.device, self.dtype),
             pooled_projections=pooled.to(self.device, self.dtype),
