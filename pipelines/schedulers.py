@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 __all__ = [
@@ -53,6 +54,9 @@ def resolve_scheduler(
         return cls, {**config, **extra}
     flow = bool(config.get("use_flow_sigmas")) or default_class.startswith("FlowMatch")
     shift = config.get("flow_shift", config.get("shift", 1.0))
+    if config.get("use_dynamic_shifting") and config.get("mu") is not None:
+        # an exponential dynamic shift by mu is the static shift exp(mu)
+        shift = math.exp(config["mu"])
     if cls == "FlowMatchEulerDiscreteScheduler":
         return cls, {"shift": shift, "num_train_timesteps": config.get("num_train_timesteps", 1000), **extra}
     if flow:

@@ -144,3 +144,14 @@ def test_tiled_render_with_shifts_matches_the_full_canvas_method(tmp_path, clien
     assert_tiled_render_matches_reference(result)
     info = probe_video(result.video_path)
     assert (info.width, info.height, info.frames) == (256, 256, 9)
+
+
+def test_scheduler_alias_keeps_the_native_shift(ltx_dir):
+    import math
+
+    from pipelines.schedulers import resolve_scheduler
+
+    info = model_info(str(ltx_dir))
+    cls, cfg = resolve_scheduler(info.scheduler_class, info.scheduler_config, "unipc")
+    assert cls == "UniPCMultistepScheduler" and cfg["use_flow_sigmas"]
+    assert cfg["flow_shift"] == pytest.approx(math.exp(info.scheduler_config["mu"]))
