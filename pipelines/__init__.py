@@ -2,20 +2,51 @@
 
 ``model_info(ref)`` says what a model is without loading weights (for planning and validation);
 ``load_backend(ref, device, dtype)`` gives a backend whose components load lazily. ``ref`` is a
-preset name (see ``available_models()``) or a local directory in diffusers layout.
+preset name (see ``available_models()``) or a local directory in diffusers layout, whose family
+is read from ``model_index.json``.
+
+A family is a module of this package that defines ``DEFAULTS`` (a ``FamilyDefaults``),
+``directory_info(path)`` and ``load_directory(path, device, dtype)``, and optionally
+``preset_names()``, ``preset_info(name)`` and ``load_preset(name, device, dtype)``. Adding a
+family is adding such a module: the registry below finds it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib
 import json
+import pkgutil
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
-from pipelines.base import ModelInfo, VideoBackend
+from pipelines.base import (
+    FamilyDefaults,
+    ImageCondition,
+    ModelDirectoryError,
+    ModelInfo,
+    VideoBackend,
+    check_directory,
+)
 
-__all__ = ["ModelInfo", "VideoBackend", "UnknownModelError", "available_models", "model_info", "load_backend"]
+__all__ = [
+    "FamilyDefaults",
+    "ImageCondition",
+    "ModelInfo",
+    "VideoBackend",
+    "UnknownModelError",
+    "ModelDirectoryError",
+    "available_models",
+    "families",
+    "model_info",
+    "load_backend",
+]
+
+# modules of this package that are not families
+_NOT_FAMILIES = {"base", "schedulers", "text", "toy"}
 
 
 class UnknownModelError(KeyError):
@@ -25,7 +56,35 @@ class UnknownModelError(KeyError):
         return str(self.args[0])
 
 
-_FAMILIES = {"WanPipeline": "wan"}
+@functools.cache
+def _family_modules() -> dict[str, ModuleType]:
+    """Every family module of this package, by family name."""
+    out = {}
+    for mod in pkgutil.iter_modules(__path__):
+        if mod.name in _NOT_FAMILIES or mod.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{mod.name}")
+        defaults = getattr(module, "DEFAULTS", None)
+        if isinstance(defaults, FamilyDefaults):
+            out[defaults.family] = module
+    return dict(sorted(out.items()))
+
+
+def families() -> dict[str, FamilyDefaults]:
+    """Each family's defaults (native size, frame rule, k fraction, steps, guidance), by name."""
+    return {name: m.DEFAULTS for name, m in _family_modules().items()}
+
+
+def _pipeline_families() -> dict[str, str]:
+    return {cls: name for name, d in families().items() for cls in d.pipelines}
+
+
+def _presets() -> dict[str, ModuleType]:
+    out = {}
+    for module in _family_modules().values():
+        if hasattr(module, "preset_names"):
+            out.update({name: module for name in module.preset_names()})
+    return out
 
 
 def _shipped() -> dict[str, Path]:
@@ -38,21 +97,29 @@ def _shipped() -> dict[str, Path]:
 
 def available_models() -> list[str]:
     """Names of the models that need no files (built in code or shipped in the package)."""
-    from pipelines import wan
-
-    return sorted(wan.preset_names() + list(_shipped()))
+    return sorted(list(_presets()) + list(_shipped()))
 
 
-def _directory_family(ref: str) -> str | None:
-    index = Path(ref) / "model_index.json"
-    if not index.is_file():
+def _directory_module(ref: str | Path) -> ModuleType | None:
+    """The family module for a local directory (None if ``ref`` is no directory), after checking
+    that the directory holds every component the family needs, in safetensors."""
+    root = Path(ref)
+    if not root.is_dir():
         return None
-    cls = json.loads(index.read_text()).get("_class_name", "")
-    if cls not in _FAMILIES:
+    index = root / "model_index.json"
+    if not index.is_file():
         raise UnknownModelError(
-            f"model directory {ref!r} holds a {cls or 'unknown'} pipeline; supported: {sorted(_FAMILIES)}"
+            f"model directory {str(ref)!r} has no model_index.json: not a diffusers pipeline directory"
         )
-    return _FAMILIES[cls]
+    cls = json.loads(index.read_text()).get("_class_name", "")
+    known = _pipeline_families()
+    if cls not in known:
+        raise UnknownModelError(
+            f"model directory {str(ref)!r} holds a {cls or 'unknown'} pipeline; supported: {sorted(known)}"
+        )
+    module = _family_modules()[known[cls]]
+    check_directory(root, module.DEFAULTS.components)
+    return module
 
 
 def _unknown(ref: str) -> UnknownModelError:
@@ -64,33 +131,38 @@ def _unknown(ref: str) -> UnknownModelError:
 
 def model_info(ref: str) -> ModelInfo:
     """Static facts of a model (native size, factors, scheduler) without loading weights."""
-    from pipelines import wan
-
-    if ref in wan.preset_names():
-        return wan.preset_info(ref)
+    presets = _presets()
+    if ref in presets:
+        return presets[ref].preset_info(ref)
     shipped = _shipped()
     if ref in shipped:
-        return dataclasses.replace(wan.directory_info(shipped[ref]), name=ref)
-    family = _directory_family(ref)
-    if family == "wan":
-        return wan.directory_info(ref)
-    raise _unknown(ref)
+        module = _directory_module(shipped[ref])
+        return dataclasses.replace(module.directory_info(shipped[ref]), name=ref)
+    try:
+        module = _directory_module(ref)
+        if module is None:
+            raise _unknown(ref)
+        return module.directory_info(ref)
+    except ModelDirectoryError as exc:
+        raise UnknownModelError(str(exc)) from None
 
 
 def load_backend(
     ref: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> VideoBackend:
     """A backend for ``ref`` on ``device``; components load on first use."""
-    from pipelines import wan
-
-    if ref in wan.preset_names():
-        return wan.load_preset(ref, device, dtype)
+    presets = _presets()
+    if ref in presets:
+        return presets[ref].load_preset(ref, device, dtype)
     shipped = _shipped()
     if ref in shipped:
-        backend = wan.load_directory(shipped[ref], device, dtype)
+        backend = _directory_module(shipped[ref]).load_directory(shipped[ref], device, dtype)
         backend.info = dataclasses.replace(backend.info, name=ref)
         return backend
-    family = _directory_family(ref)
-    if family == "wan":
-        return wan.load_directory(ref, device, dtype)
-    raise _unknown(ref)
+    try:
+        module = _directory_module(ref)
+        if module is None:
+            raise _unknown(ref)
+        return module.load_directory(ref, device, dtype)
+    except ModelDirectoryError as exc:
+        raise UnknownModelError(str(exc)) from None

@@ -8,12 +8,29 @@ Components load lazily: a denoise worker never touches the text encoder or the V
 
 from __future__ import annotations
 
+import hashlib
+import json
+import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["ModelInfo", "VideoBackend"]
+__all__ = [
+    "FamilyDefaults",
+    "ImageCondition",
+    "ModelInfo",
+    "VideoBackend",
+    "LazyBackend",
+    "ModelDirectoryError",
+    "check_directory",
+    "directory_revision",
+    "read_overrides",
+    "pack_text",
+    "unpack_text",
+]
 
 
 @dataclass(frozen=True)
@@ -51,20 +68,36 @@ class ModelInfo:
     revision: str = ""
     description: str = ""
     prompt_grammar: str = ""
+    latent_frame_multiple: int = 1
+    latent_pad_frames: int = 0
 
     def frames_ok(self, num_frames: int) -> bool:
-        """Whether the VAE can take ``num_frames`` (causal video VAEs want 1 + k * factor)."""
-        return num_frames >= 1 and (num_frames - 1) % self.temporal_factor == 0
+        """Whether the VAE can take ``num_frames`` (causal video VAEs want 1 + k * factor) and the
+        transformer its latent frames (a temporal patch wants a multiple of its size, after the
+        ``latent_pad_frames`` throw-away frames some pipelines put in front)."""
+        return (
+            num_frames >= 1
+            and (num_frames - 1) % self.temporal_factor == 0
+            and self.latent_frames(num_frames) % self.latent_frame_multiple == 0
+        )
 
     def allowed_frames_hint(self) -> str:
-        f = self.temporal_factor
-        return f"1 + {f}*k frames (e.g. {1 + f}, {1 + 2 * f}, {1 + 4 * f}, {1 + 20 * f})"
+        f, m = self.temporal_factor, self.latent_frame_multiple
+        if m == 1:
+            return f"1 + {f}*k frames (e.g. {1 + f}, {1 + 2 * f}, {1 + 4 * f}, {1 + 20 * f})"
+        ok = [n for n in range(1, 1 + 60 * f, f) if self.frames_ok(n)]
+        examples = ", ".join(str(n) for n in ok[:3] + ok[-1:])
+        return (
+            f"1 + {f}*k frames whose latent frames (plus {self.latent_pad_frames} padding) are a "
+            f"multiple of {m} (e.g. {examples})"
+        )
 
     def latent_frames(self, num_frames: int) -> int:
-        return (num_frames - 1) // self.temporal_factor + 1
+        """Latent frames of the canvas, padding included."""
+        return (num_frames - 1) // self.temporal_factor + 1 + self.latent_pad_frames
 
     def pixel_frames(self, latent_frames: int) -> int:
-        return (latent_frames - 1) * self.temporal_factor + 1
+        return (latent_frames - self.latent_pad_frames - 1) * self.temporal_factor + 1
 
     @property
     def native_latent_hw(self) -> tuple[int, int]:
@@ -72,6 +105,36 @@ class ModelInfo:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ImageCondition:
+    """How a family conditions on an image, in the two parts a tiled renderer treats differently.
+
+    ``latents`` ``(B, Ci, F, h, w)`` lie on the latent canvas cell for cell (Wan's mask + encoded
+    first frame, CogVideoX's encoded first frame): a tile gets the crop of its own window, wrapped
+    like its latents. ``embeds`` ``(B, L, D)`` are global (Wan 2.1's CLIP image tokens): every tile
+    gets all of them. Either may be ``None``.
+    """
+
+    latents: torch.Tensor | None = None
+    embeds: torch.Tensor | None = None
+
+    def crop(self, y0: int, x0: int, h: int, w: int) -> ImageCondition:
+        """The condition of the tile whose window starts at ``(y0, x0)`` (wrapping the canvas)."""
+        if self.latents is None:
+            return self
+        H, W = self.latents.shape[-2:]
+        ys = [(y0 + i) % H for i in range(h)]
+        xs = [(x0 + i) % W for i in range(w)]
+        return ImageCondition(self.latents[..., ys, :][..., xs], self.embeds)
+
+    def repeat(self, n: int) -> ImageCondition:
+        """The same condition for a batch of ``n`` (e.g. both classifier-free guidance branches)."""
+        return ImageCondition(
+            None if self.latents is None else self.latents.expand(n, *self.latents.shape[1:]),
+            None if self.embeds is None else self.embeds.expand(n, *self.embeds.shape[1:]),
+        )
 
 
 class VideoBackend:
@@ -103,17 +166,38 @@ class VideoBackend:
         timestep: torch.Tensor,
         embeds: torch.Tensor,
         offset: tuple[int, int] = (0, 0),
+        image: ImageCondition | None = None,
     ) -> torch.Tensor:
         """Model output for a batch of latent tiles at one timestep.
 
-        ``latents`` is ``(B, C, F, h, w)``, ``timestep`` ``(B,)``, ``embeds`` ``(B, L, D)``.
-        ``offset`` is the tile's top-left position on the canvas in latent cells; models with
-        relative (rotary) positions ignore it, models with absolute positions must use it.
+        ``latents`` is ``(B, C, F, h, w)``, ``timestep`` ``(B,)``, ``embeds`` ``(B, L, D)``:
+        stacked outputs of ``encode_prompt``, which the renderer stores and hands back without
+        looking inside, so a family that needs more than token embeddings (an attention mask, a
+        pooled vector) packs them into that one tensor (``pack_text``), its shape being
+        ``(ModelInfo.text_tokens, ModelInfo.text_embed_dim)``.
+        ``offset`` is the tile's top-left position on the canvas in latent cells (not always a
+        whole patch). Whether it matters is a property of the family, established by a test per
+        family: rotary positions seen only by self-attention are relative and make it irrelevant
+        (Wan, LTX); rotary positions on video tokens attending jointly with unrotated text tokens
+        (CogVideoX, HunyuanVideo) or absolute embeddings make the output depend on it, and the
+        backend starts its positions at ``offset``.
+        ``image`` is the tile's part of ``encode_image``'s condition (image-to-video models only).
         """
         raise NotImplementedError
 
     def load_transformer(self) -> None:
         """Make sure the denoiser is resident (tasks call this before timing a forward)."""
+
+    # -- image conditioning (image-to-video models; ``info.supports_image``) ---------------------
+    def encode_image(self, image: torch.Tensor, num_frames: int) -> ImageCondition:
+        """The condition of an image-to-video model for ``image`` ``(1, 3, H, W)`` in ``[-1, 1]``.
+
+        ``H, W`` are the pixel size of the latent canvas it conditions (the native size for a
+        sketch; the padded high-resolution canvas for tiles, the image resized and padded like the
+        upscaled sketch), ``num_frames`` the video's pixel frames. ``predict`` then takes
+        ``image=condition.crop(*offset, h, w).repeat(B)`` for a tile.
+        """
+        raise NotImplementedError(f"{self.info.name} is a text-to-video model and takes no image")
 
     # -- VAE ----------------------------------------------------------------------------------
     def vae_encode(self, video: torch.Tensor) -> torch.Tensor:
@@ -128,3 +212,208 @@ class VideoBackend:
         from pipelines.schedulers import make_scheduler
 
         return make_scheduler(self.info.scheduler_class, self.info.scheduler_config)
+
+
+# -- per-family defaults --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """What a model family is and how it renders by default: the one place per family.
+
+    ``pipelines`` are the ``_class_name`` values of ``model_index.json`` this family loads;
+    ``components`` the subfolders a directory must hold. Sizes, frames, steps and guidance are what
+    a render uses when the spec leaves them open (a directory's ``supergen.json`` may override
+    them). ``guidance_note`` names the family's own guidance options beyond ``guidance_scale``.
+    """
+
+    family: str
+    pipelines: tuple[str, ...]
+    components: tuple[str, ...]
+    native_height: int
+    native_width: int
+    native_frames: int
+    fps: int
+    default_steps: int
+    default_guidance: float
+    default_refine_fraction: float = 0.9
+    temporal_factor: int = 4
+    latent_frame_multiple: int = 1
+    latent_pad_frames: int = 0
+    text_tokens: int = 512
+    guidance_note: str = ""
+    description: str = ""
+
+    def frame_rule(self) -> str:
+        f, m, pad = self.temporal_factor, self.latent_frame_multiple, self.latent_pad_frames
+        rule = f"1+{f}k"
+        if m == 1:
+            return rule
+        if m == 2:  # latent frames k + 1 + pad must be even
+            return f"{rule}, k {'odd' if pad % 2 == 0 else 'even'}"
+        return f"{rule}, k+{1 + pad} a multiple of {m}"
+
+    def overrides(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """The ModelInfo fields of these defaults, each replaced by ``extra`` (supergen.json) if set."""
+        keys = (
+            "native_height",
+            "native_width",
+            "native_frames",
+            "fps",
+            "default_steps",
+            "default_guidance",
+            "default_refine_fraction",
+        )
+        out: dict[str, Any] = {k: extra.get(k, getattr(self, k)) for k in keys}
+        out["text_tokens"] = int(extra.get("max_sequence_length", self.text_tokens))
+        out["prompt_grammar"] = str(extra.get("prompt_grammar", ""))
+        return out
+
+
+# -- lazily loaded components ---------------------------------------------------------------------
+class LazyBackend(VideoBackend):
+    """A backend whose components (``transformer``, ``vae``, ``text``) load on first use, once.
+
+    ``text`` loads to a callable ``(prompt, negative) -> (pos, neg)``.
+    """
+
+    def __init__(
+        self,
+        info: ModelInfo,
+        loaders: dict[str, Callable[[], Any]],
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__(info, device, dtype)
+        self._loaders = dict(loaders)
+        self._components: dict[str, Any] = {}
+        # one lock per component: encoding the prompt must not wait for the transformer to load
+        # (it did, for 20 s, on a GPU worker warming its 1.3B model)
+        self._load_locks = {name: threading.Lock() for name in self._loaders}
+        # VAEs keep per-call feature caches on the module: one call at a time per process.
+        self._vae_lock = threading.Lock()
+
+    # For families whose output depends on absolute positions: start a tile's positions at its
+    # canvas offset (True), or at 0 as a native-size render would (False; ``supergen.json``
+    # ``"tile_positions": "tile"``), the choice whose quality at 2K/4K is still to be measured.
+    canvas_positions: bool = True
+
+    def position_offset(self, offset: tuple[int, int], patch: int) -> tuple[float, float]:
+        """Where a tile's positions start, in patches (fractional when a shift is not a whole patch)."""
+        if not self.canvas_positions:
+            return 0.0, 0.0
+        return offset[0] / patch, offset[1] / patch
+
+    def _get(self, name: str):
+        comp = self._components.get(name)
+        if comp is None:
+            with self._load_locks.setdefault(name, threading.Lock()):  # atomic in CPython
+                comp = self._components.get(name)
+                if comp is None:
+                    comp = self._loaders[name]()
+                    self._components[name] = comp
+        return comp
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self._get("transformer")
+
+    @property
+    def vae(self) -> torch.nn.Module:
+        return self._get("vae")
+
+    def load_transformer(self) -> None:
+        self._get("transformer")
+
+    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        pos, neg = self._get("text")(prompt, negative_prompt)
+        return pos.float().cpu(), neg.float().cpu()
+
+
+# -- model directories ----------------------------------------------------------------------------
+class ModelDirectoryError(ValueError):
+    """A local model directory cannot be used (missing component, pickle-only weights, ...)."""
+
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_directory(root: str | Path, components: tuple[str, ...]) -> None:
+    """Refuse a directory before any weights load: every component in ``components`` must be
+    present with its config, and every weight file must be safetensors (pickle files can run code
+    when loaded)."""
+    root = Path(root)
+    index = json.loads((root / "model_index.json").read_text())
+    for name in components:
+        entry = index.get(name)
+        if not entry or entry[0] is None or not (root / name).is_dir():
+            raise ModelDirectoryError(
+                f"model directory {str(root)!r} has no {name!r} component (needed: {list(components)})"
+            )
+    for name in sorted(index):
+        sub = root / name
+        if name.startswith("_") or not sub.is_dir():
+            continue
+        files = [p for p in sub.rglob("*") if p.is_file()]
+        pickles = [p for p in files if p.suffix in _PICKLE_SUFFIXES]
+        if pickles and not any(p.suffix == ".safetensors" for p in files):
+            raise ModelDirectoryError(
+                f"model directory {str(root)!r}: component {name!r} has only pickle weights "
+                f"({pickles[0].name}); only safetensors are loaded - convert it with "
+                "`save_pretrained(..., safe_serialization=True)`"
+            )
+
+
+def read_overrides(root: str | Path) -> dict[str, Any]:
+    """The optional ``supergen.json`` beside ``model_index.json`` (native size, fps, defaults)."""
+    path = Path(root) / "supergen.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def directory_revision(root: str | Path) -> str:
+    """Fingerprint of a model directory: configs by content, weights by size (hashing gigabytes of
+    weights would be slow)."""
+    root = Path(root)
+    revision = hashlib.sha256()
+    for part in sorted(root.rglob("*")):
+        if part.is_file():
+            rel = str(part.relative_to(root))
+            revision.update(
+                rel.encode()
+                + (part.read_bytes() if part.suffix == ".json" else str(part.stat().st_size).encode())
+            )
+    return revision.hexdigest()[:16]
+
+
+# -- prompt conditioning in one tensor ------------------------------------------------------------
+def pack_text(
+    embeds: torch.Tensor, mask: torch.Tensor | None = None, pooled: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Several text conditionings as the one ``(L', D')`` tensor the renderer stores per prompt.
+
+    The renderer treats prompt embeddings as opaque (it stores them and hands them back to
+    ``predict``), so a family that needs more than ``(L, D)`` token embeddings packs the rest in:
+    ``mask`` (``L``) becomes an extra last column, ``pooled`` (``P <= D'``) an extra last row,
+    zero-padded. ``ModelInfo.text_tokens``/``text_embed_dim`` give the packed shape.
+    """
+    out = embeds.float()
+    if mask is not None:
+        out = torch.cat([out, mask.float().reshape(-1, 1)], dim=1)
+    if pooled is not None:
+        row = torch.zeros(1, out.shape[1])
+        row[0, : pooled.numel()] = pooled.float().reshape(-1)
+        out = torch.cat([out, row], dim=0)
+    return out
+
+
+def unpack_text(
+    packed: torch.Tensor, has_mask: bool, pooled_dim: int = 0
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Inverse of ``pack_text`` on a batch ``(B, L', D')``: ``(embeds, mask, pooled)``."""
+    pooled = None
+    if pooled_dim:
+        pooled = packed[:, -1, :pooled_dim]
+        packed = packed[:, :-1]
+    mask = None
+    if has_mask:
+        mask = packed[:, :, -1]
+        packed = packed[:, :, :-1]
+    return packed, mask, pooled

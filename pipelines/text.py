@@ -12,7 +12,7 @@ import zlib
 
 import torch
 
-__all__ = ["HashTextEncoder"]
+__all__ = ["HashTextEncoder", "TINY_WORDS", "tiny_word_tokenizer"]
 
 
 class HashTextEncoder:
@@ -35,3 +35,39 @@ class HashTextEncoder:
         if ids:
             out[: len(ids)] = self.table[torch.tensor(ids)]
         return out
+
+
+TINY_WORDS = [
+    "<pad>",
+    "</s>",
+    "<unk>",
+    "a",
+    "red",
+    "green",
+    "blue",
+    "circle",
+    "square",
+    "moving",
+    "left",
+    "right",
+]
+
+
+def tiny_word_tokenizer(words: list[str] | None = None, bos: str | None = None):
+    """A word-level fast tokenizer built in code (no files, no hub), for tiny test pipelines.
+
+    Word 0 pads, word 1 ends a sequence, word 2 is unknown; ``bos`` (a word of the list) starts one.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = list(words or TINY_WORDS)
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[2]))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    special = {"pad_token": words[0], "eos_token": words[1], "unk_token": words[2]}
+    if bos is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A {words[1]}", special_tokens=[(bos, words.index(bos)), (words[1], 1)]
+        )
+        special["bos_token"] = bos
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **special)

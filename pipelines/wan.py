@@ -12,21 +12,28 @@ Three ways to get one:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipelines.base import ModelInfo, VideoBackend
+from pipelines.base import (
+    FamilyDefaults,
+    ImageCondition,
+    LazyBackend,
+    ModelInfo,
+    directory_revision,
+    read_overrides,
+)
 from pipelines.text import HashTextEncoder
 
 __all__ = [
+    "DEFAULTS",
     "TINY_TRANSFORMER_CONFIG",
     "TINY_VAE_CONFIG",
+    "TINY_TI2V_VAE_CONFIG",
     "WanBackend",
     "preset_info",
     "directory_info",
@@ -34,6 +41,22 @@ __all__ = [
     "load_directory",
     "save_tiny_pipeline",
 ]
+
+DEFAULTS = FamilyDefaults(
+    family="wan",
+    pipelines=("WanPipeline", "WanImageToVideoPipeline"),
+    components=("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+    native_height=480,
+    native_width=832,
+    native_frames=81,
+    fps=16,
+    default_steps=50,
+    default_guidance=5.0,
+    default_refine_fraction=0.9,
+    temporal_factor=4,
+    text_tokens=512,
+    description="Wan 2.1/2.2 (WanTransformer3DModel + AutoencoderKLWan, UMT5); I2V through the backend only",
+)
 
 FLOW_UNIPC = {
     "prediction_type": "flow_prediction",
@@ -159,38 +182,24 @@ def directory_info(path: str | Path) -> ModelInfo:
     transformer = json.loads((root / "transformer" / "config.json").read_text())
     vae = json.loads((root / "vae" / "config.json").read_text())
     sched = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
-    extra: dict[str, Any] = {}
-    if (root / "supergen.json").exists():
-        extra = json.loads((root / "supergen.json").read_text())
-    revision = hashlib.sha256()
-    for part in sorted(root.rglob("*")):
-        if part.is_file():
-            rel = str(part.relative_to(root))
-            # configs by content, weights by size (hashing gigabytes of weights would be slow)
-            revision.update(
-                rel.encode()
-                + (part.read_bytes() if part.suffix == ".json" else str(part.stat().st_size).encode())
-            )
+    extra = read_overrides(root)
     inner = transformer.get("num_attention_heads", 12) * transformer.get("attention_head_dim", 128)
-    small = inner <= 1536
+    if int(vae.get("scale_factor_spatial") or 8) == 16:  # Wan 2.2 TI2V-5B: 1280x704, 121 frames, 24 fps
+        extra = {"native_height": 704, "native_width": 1280, "native_frames": 121, "fps": 24, **extra}
+    elif inner > 1536:  # 14B-wide (Wan 2.1 14B, Wan 2.2 A14B): 720p native
+        extra = {"native_height": 720, "native_width": 1280, **extra}
+    index = json.loads((root / "model_index.json").read_text())
     info = dict(
-        native_height=extra.get("native_height", 480 if small else 720),
-        native_width=extra.get("native_width", 832 if small else 1280),
-        native_frames=extra.get("native_frames", 81),
-        fps=extra.get("fps", 16),
-        default_steps=extra.get("default_steps", 50),
-        default_guidance=extra.get("default_guidance", 5.0),
+        **DEFAULTS.overrides(extra),
         description=extra.get("description", f"Wan model from {root}"),
-        text_tokens=int(extra.get("max_sequence_length", 512)),
-        default_refine_fraction=float(extra.get("default_refine_fraction", 0.9)),
-        prompt_grammar=str(extra.get("prompt_grammar", "")),
-        revision=revision.hexdigest()[:16],
+        revision=directory_revision(root),
+        supports_image=index.get("_class_name") == "WanImageToVideoPipeline",
     )
     cls = sched.pop("_class_name")
     return _wan_info(str(root), transformer, vae, cls, sched, **info)
 
 
-class WanBackend(VideoBackend):
+class WanBackend(LazyBackend):
     """Wan 2.1 text-to-video through diffusers components, loaded lazily per component."""
 
     def __init__(
@@ -202,48 +211,84 @@ class WanBackend(VideoBackend):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
-        super().__init__(info, device, dtype)
-        self._loaders = {"transformer": load_transformer, "vae": load_vae, "text": load_text}
-        self._components: dict[str, Any] = {}
-        # one lock per component: encoding the prompt must not wait for the transformer to load
-        self._load_locks = {name: threading.Lock() for name in self._loaders}
-        # The VAE keeps per-call feature caches on the module: one call at a time per process.
-        self._vae_lock = threading.Lock()
+        super().__init__(
+            info, {"transformer": load_transformer, "vae": load_vae, "text": load_text}, device, dtype
+        )
 
-    def _get(self, name: str):
-        comp = self._components.get(name)
-        if comp is None:
-            with self._load_locks[name]:
-                comp = self._components.get(name)
-                if comp is None:
-                    comp = self._loaders[name]()
-                    self._components[name] = comp
-        return comp
-
-    @property
-    def transformer(self) -> torch.nn.Module:
-        return self._get("transformer")
-
-    @property
-    def vae(self) -> torch.nn.Module:
-        return self._get("vae")
+    # Wan 2.2: A14B switches to a second (low-noise) expert below a boundary timestep; TI2V-5B
+    # gives the transformer one timestep per token. Set by load_directory from model_index.json.
+    boundary_timestep: float | None = None
+    expand_timesteps: bool = False
 
     def load_transformer(self) -> None:
         self._get("transformer")
+        if self.boundary_timestep is not None:
+            self._get("transformer_2")
 
-    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-        pos, neg = self._get("text")(prompt, negative_prompt)
-        return pos.float().cpu(), neg.float().cpu()
+    def expert(self, timestep: torch.Tensor) -> torch.nn.Module:
+        """The transformer that denoises at ``timestep`` (the pipeline's rule: the high-noise one
+        at and above the boundary)."""
+        if self.boundary_timestep is None or float(timestep.reshape(-1)[0]) >= self.boundary_timestep:
+            return self.transformer
+        return self._get("transformer_2")
 
     @torch.no_grad()
-    def predict(self, latents, timestep, embeds, offset=(0, 0)):
-        out = self.transformer(
-            hidden_states=latents.to(self.device, self.dtype),
-            timestep=timestep.to(self.device),
+    def predict(self, latents, timestep, embeds, offset=(0, 0), image=None):
+        model = self.expert(timestep)
+        t = timestep.to(self.device)
+        x = latents.to(self.device, self.dtype)
+        image_embeds = None
+        if self.info.supports_image:
+            if image is None or image.latents is None:
+                raise ValueError(
+                    f"{self.info.name} is an image-to-video model: predict needs the tile's image "
+                    "condition (the renderer does not pass one yet)"
+                )
+            if self.expand_timesteps:
+                raise NotImplementedError(
+                    "Wan 2.2 TI2V image conditioning (first-frame replacement) is not built"
+                )
+            # Wan I2V: the mask and encoded first frame ride along as extra input channels
+            x = torch.cat([x, image.latents.to(self.device, self.dtype)], dim=1)
+            if image.embeds is not None:
+                image_embeds = image.embeds.to(self.device, self.dtype)
+        if self.expand_timesteps:
+            _, ph, pw = model.config.patch_size
+            b, _, f, h, w = latents.shape
+            t = t.reshape(b, 1).expand(b, f * (h // ph) * (w // pw))
+        out = model(
+            hidden_states=x,
+            timestep=t,
             encoder_hidden_states=embeds.to(self.device, self.dtype),
+            encoder_hidden_states_image=image_embeds,
             return_dict=False,
         )[0]
         return out.float()
+
+    @torch.no_grad()
+    def encode_image(self, image: torch.Tensor, num_frames: int) -> ImageCondition:
+        """WanImageToVideoPipeline's condition: a first-frame mask (4 channels, one per frame of
+        the VAE's temporal group) and the normalised latents of ``[image, black, ...]``, plus the
+        CLIP image encoder's penultimate hidden states when the model has one (Wan 2.1)."""
+        if not self.info.supports_image:
+            return super().encode_image(image, num_frames)
+        vae = self.vae
+        _, _, H, W = image.shape
+        f = self.info.temporal_factor
+        video = torch.cat([image[:, :, None], image.new_zeros(1, 3, num_frames - 1, H, W)], dim=2)
+        with self._vae_lock:
+            z = vae.encode(video.to(self.device, torch.float32)).latent_dist.mode()
+        mean, std = self._latent_stats(z)
+        z = (z - mean) / std
+        frames, h, w = z.shape[2:]
+        mask = torch.zeros(1, f * frames, h, w, device=z.device)
+        mask[:, :f] = 1  # the first pixel frame, repeated over the first latent frame's group
+        mask = mask.view(1, frames, f, h, w).transpose(1, 2)
+        embeds = None
+        encoder = self._get("image") if "image" in self._loaders else None
+        if encoder is not None:
+            embeds = encoder(image)
+        return ImageCondition(torch.cat([mask, z], dim=1).float(), embeds)
 
     def _latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.vae.config
@@ -388,8 +433,8 @@ def load_directory(
     info = directory_info(root)
     kw = dict(local_files_only=True, use_safetensors=True)
 
-    def transformer():
-        m = WanTransformer3DModel.from_pretrained(root, subfolder="transformer", torch_dtype=dtype, **kw)
+    def transformer(subfolder: str = "transformer"):
+        m = WanTransformer3DModel.from_pretrained(root, subfolder=subfolder, torch_dtype=dtype, **kw)
         return m.to(device).eval().requires_grad_(False)
 
     def vae():
@@ -421,46 +466,127 @@ def load_directory(
 
         return encode
 
-    return WanBackend(info, transformer, vae, text, device, dtype)
+    backend = WanBackend(info, transformer, vae, text, device, dtype)
+    index = json.loads((Path(root) / "model_index.json").read_text())
+    if (index.get("image_encoder") or [None])[0] is not None:
+
+        def image_encoder():
+            from transformers import CLIPImageProcessor, CLIPVisionModel
+
+            processor = CLIPImageProcessor.from_pretrained(
+                root, subfolder="image_processor", local_files_only=True
+            )
+            encoder = CLIPVisionModel.from_pretrained(
+                root, subfolder="image_encoder", dtype=torch.float32, **kw
+            )
+            encoder = encoder.to(device).eval().requires_grad_(False)
+
+            @torch.no_grad()
+            def encode(image: torch.Tensor) -> torch.Tensor:
+                # back to the uint8 picture the pipeline's processor is given
+                pixels = ((image[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+                inputs = processor(images=pixels.permute(1, 2, 0).cpu().numpy(), return_tensors="pt")
+                out = encoder(pixel_values=inputs.pixel_values.to(device), output_hidden_states=True)
+                return out.hidden_states[-2].float()
+
+            return encode
+
+        backend._loaders["image"] = image_encoder
+    if index.get("boundary_ratio") is not None and (index.get("transformer_2") or [None])[0] is not None:
+        sched = json.loads((Path(root) / "scheduler" / "scheduler_config.json").read_text())
+        backend.boundary_timestep = float(index["boundary_ratio"]) * sched.get("num_train_timesteps", 1000)
+        backend._loaders["transformer_2"] = lambda: transformer("transformer_2")
+    backend.expand_timesteps = bool(index.get("expand_timesteps", False))
+    return backend
 
 
-def save_tiny_pipeline(path: str | Path, seed: int = 0, native: tuple[int, int] = (64, 64)) -> Path:
+TINY_TI2V_VAE_CONFIG: dict[str, Any] = dict(
+    base_dim=3,
+    z_dim=48,
+    in_channels=12,
+    out_channels=12,
+    is_residual=True,
+    patch_size=2,
+    latents_mean=[0.0] * 48,
+    latents_std=[1.0] * 48,
+    dim_mult=[1, 1, 1, 1],
+    num_res_blocks=1,
+    scale_factor_spatial=16,
+    scale_factor_temporal=4,
+    temperal_downsample=[False, True, True],
+)
+
+
+def save_tiny_pipeline(
+    path: str | Path, seed: int = 0, native: tuple[int, int] = (64, 64), variant: str = "2.1"
+) -> Path:
     """Save a tiny Wan pipeline (transformer, VAE, UMT5 text encoder, word-level tokenizer,
-    UniPC scheduler) in diffusers layout, built entirely in code. Used to test loading from disk."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+    UniPC scheduler) in diffusers layout, built entirely in code. Used to test loading from disk.
 
+    ``variant``: ``"2.1"``; ``"2.2-a14b"`` (a second, low-noise expert ``transformer_2`` switched
+    in below ``boundary_ratio`` 0.875, as Wan2.2-T2V-A14B); ``"2.2-ti2v"`` (Wan2.2-TI2V-5B's
+    48-channel 16x VAE and per-token timesteps); ``"2.1-i2v"`` (WanImageToVideoPipeline: the
+    first-frame condition as 20 extra input channels, a CLIP vision encoder's image tokens).
+    """
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from pipelines.text import TINY_WORDS, tiny_word_tokenizer
+
+    if variant not in ("2.1", "2.2-a14b", "2.2-ti2v", "2.1-i2v"):
+        raise ValueError(f"unknown tiny Wan variant {variant!r}")
     root = Path(path)
-    words = [
-        "<pad>",
-        "</s>",
-        "<unk>",
-        "a",
-        "red",
-        "green",
-        "blue",
-        "circle",
-        "square",
-        "moving",
-        "left",
-        "right",
-    ]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    )
+    words = TINY_WORDS
+    tcfg = dict(TINY_TRANSFORMER_CONFIG)
+    vcfg = TINY_VAE_CONFIG
+    if variant == "2.2-ti2v":
+        tcfg.update(in_channels=48, out_channels=48)
+        vcfg = TINY_TI2V_VAE_CONFIG
+    if variant == "2.1-i2v":  # the transformer of diffusers' I2V pipeline test
+        tcfg.update(in_channels=36, image_dim=4)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         encoder = UMT5EncoderModel(
             UMT5Config(vocab_size=len(words), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=4)
         ).eval()
-        transformer = WanTransformer3DModel(**TINY_TRANSFORMER_CONFIG)
-        vae = AutoencoderKLWan(**TINY_VAE_CONFIG)
+        transformer = WanTransformer3DModel(**tcfg)
+        vae = AutoencoderKLWan(**vcfg)
+        transformer_2 = WanTransformer3DModel(**tcfg) if variant == "2.2-a14b" else None
+        image_encoder = None
+        if variant == "2.1-i2v":
+            from transformers import CLIPVisionConfig, CLIPVisionModel
+
+            image_encoder = CLIPVisionModel(
+                CLIPVisionConfig(
+                    hidden_size=4,
+                    projection_dim=4,
+                    num_hidden_layers=2,
+                    num_attention_heads=2,
+                    image_size=32,
+                    intermediate_size=16,
+                    patch_size=1,
+                )
+            ).eval()
     scheduler = UniPCMultistepScheduler(**FLOW_UNIPC)
-    pipe = WanPipeline(
-        tokenizer=tokenizer, text_encoder=encoder, vae=vae, scheduler=scheduler, transformer=transformer
+    extra: dict[str, Any] = {}
+    if variant == "2.2-a14b":
+        extra = dict(transformer_2=transformer_2, boundary_ratio=0.875)
+    elif variant == "2.2-ti2v":
+        extra = dict(expand_timesteps=True)
+    pipeline_class = WanPipeline
+    if variant == "2.1-i2v":
+        from diffusers import WanImageToVideoPipeline
+        from transformers import CLIPImageProcessor
+
+        pipeline_class = WanImageToVideoPipeline
+        extra = dict(image_encoder=image_encoder, image_processor=CLIPImageProcessor(crop_size=32, size=32))
+    pipe = pipeline_class(
+        tokenizer=tiny_word_tokenizer(words),
+        text_encoder=encoder,
+        vae=vae,
+        scheduler=scheduler,
+        transformer=transformer,
+        **extra,
     )
     pipe.save_pretrained(root, safe_serialization=True)
     (root / "supergen.json").write_text(
@@ -472,7 +598,7 @@ def save_tiny_pipeline(path: str | Path, seed: int = 0, native: tuple[int, int] 
                 "fps": 8,
                 "default_steps": 10,
                 "max_sequence_length": 16,
-                "description": "tiny random Wan pipeline saved from code (tests)",
+                "description": f"tiny random Wan {variant} pipeline saved from code (tests)",
             }
         )
     )

@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_cluster_args(e)
 
-    sub.add_parser("models", help="list the built-in models")
+    sub.add_parser("models", help="list the built-in models and the model families with their defaults")
     return parser
 
 
@@ -241,12 +241,20 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "models":
-            from pipelines import available_models, model_info
+            from pipelines import available_models, families, model_info
 
             for name in available_models():
                 info = model_info(name)
                 print(
                     f"{name}: native {info.native_width}x{info.native_height}, {info.native_frames} frames - {info.description}"
+                )
+            print("\nfamilies (--model /path/to/diffusers-directory; defaults a spec may override):")
+            for name, d in families().items():
+                note = f"; {d.guidance_note}" if d.guidance_note else ""
+                print(
+                    f"{name}: {'/'.join(d.pipelines)}; native {d.native_width}x{d.native_height}, "
+                    f"{d.native_frames} frames at {d.fps} fps (frames {d.frame_rule()}), {d.default_steps} steps, "
+                    f"guidance {d.default_guidance:g}, k {d.default_refine_fraction:g}*steps{note}"
                 )
             return 0
         if args.command == "info":

@@ -15,18 +15,12 @@ from typing import Any
 
 import torch
 
-from pipelines.schedulers import SUPPORTED, make_scheduler
+from pipelines.schedulers import SCHEDULER_STATE, SUPPORTED, make_scheduler
 
 __all__ = ["SchedulerRef", "state_slots", "RegionStep", "check_tileable", "renoise", "initial_noise_sigma"]
 
-# Attributes holding per-element state between steps: name -> "list" (slots) or "tensor" (1 slot).
-_STATE_ATTRS: dict[str, dict[str, str]] = {
-    "UniPCMultistepScheduler": {"model_outputs": "list", "last_sample": "tensor"},
-    "DPMSolverMultistepScheduler": {"model_outputs": "list"},
-    "FlowMatchEulerDiscreteScheduler": {},
-    "EulerDiscreteScheduler": {},
-    "DDIMScheduler": {},
-}
+# Attributes holding per-element state between steps, per scheduler class (kept by the backends).
+_STATE_ATTRS: dict[str, dict[str, str]] = SCHEDULER_STATE
 
 
 @dataclass(frozen=True)
