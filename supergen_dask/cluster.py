@@ -11,11 +11,39 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+import dask.utils
 from distributed import Client, LocalCluster
 
 from supergen_dask import config
 
-__all__ = ["gpu_count", "make_cluster", "client_for"]
+__all__ = ["ClusterError", "gpu_count", "check_cluster_options", "make_cluster", "client_for"]
+
+
+class ClusterError(OSError):
+    """The cluster asked for cannot be had: bad options, or a scheduler that does not answer."""
+
+
+def check_cluster_options(n_workers: int | None = None, workers_per_gpu: int | None = None) -> None:
+    """Raise ``ValueError`` naming the option when a local cluster could never start a worker
+    (zero workers would wait for one forever)."""
+    for name, value in (("n_workers", n_workers), ("workers_per_gpu", workers_per_gpu)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def connect(address: str, timeout: float | None = None) -> Client:
+    """A client of the scheduler at ``address``; ``ClusterError`` naming it if it does not answer
+    within ``timeout`` seconds (default ``supergen.cluster.connect-timeout``)."""
+    if timeout is None:
+        timeout = dask.utils.parse_timedelta(config.get("cluster.connect-timeout") or "10s")
+    try:
+        return Client(address, timeout=timeout)
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        raise ClusterError(
+            f"cannot connect to the Dask scheduler at {address} within {timeout:g} s ({exc})"
+        ) from None
 
 
 def gpu_count() -> int:
@@ -42,6 +70,7 @@ def make_cluster(
     per GPU, each pinned to GPU ``name % gpus`` (``worker_models.worker_device``). Without GPUs:
     ``n_workers`` single-threaded CPU workers.
     """
+    check_cluster_options(n_workers, workers_per_gpu)
     dashboard = config.get("cluster.dashboard-address")
     # Every HTTP endpoint on localhost: the scheduler serves health routes even without a
     # dashboard (on all interfaces, port 8787, unless told otherwise), and so do workers.
@@ -112,9 +141,10 @@ def client_for(
         return
     address = address or config.get("cluster.address")
     if address:
-        with Client(address) as c:
+        with connect(address) as c:
             yield c
         return
+    check_cluster_options(n_workers, workers_per_gpu)
     with (
         make_cluster(n_workers=n_workers, processes=processes, workers_per_gpu=workers_per_gpu) as cluster,
         Client(cluster) as c,
