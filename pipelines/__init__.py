@@ -15,7 +15,15 @@ import torch
 
 from pipelines.base import ModelInfo, VideoBackend
 
-__all__ = ["ModelInfo", "VideoBackend", "UnknownModelError", "available_models", "model_info", "load_backend"]
+__all__ = [
+    "ModelInfo",
+    "VideoBackend",
+    "UnknownModelError",
+    "available_models",
+    "model_directory",
+    "model_info",
+    "load_backend",
+]
 
 
 class UnknownModelError(KeyError):
@@ -36,6 +44,19 @@ def _shipped() -> dict[str, Path]:
     return {"toy-wan": toy} if (toy / "model_index.json").is_file() else {}
 
 
+def model_directory(ref: str) -> Path | None:
+    """The directory a model's files are in (a shipped checkpoint or a local directory), or
+    ``None`` for a model built in code."""
+    shipped = _shipped()
+    if ref in shipped:
+        return shipped[ref]
+    from pipelines import wan
+
+    if ref in wan.preset_names() or not (Path(ref) / "model_index.json").is_file():
+        return None
+    return Path(ref)
+
+
 def available_models() -> list[str]:
     """Names of the models that need no files (built in code or shipped in the package)."""
     from pipelines import wan
@@ -47,8 +68,14 @@ def _directory_family(ref: str) -> str | None:
     index = Path(ref) / "model_index.json"
     if not index.is_file():
         return None
-    cls = json.loads(index.read_text()).get("_class_name", "")
-    if cls not in _FAMILIES:
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UnknownModelError(f"{index}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UnknownModelError(f"{index}: expected a JSON object, got {type(data).__name__}")
+    cls = data.get("_class_name", "")
+    if not isinstance(cls, str) or cls not in _FAMILIES:
         raise UnknownModelError(
             f"model directory {ref!r} holds a {cls or 'unknown'} pipeline; supported: {sorted(_FAMILIES)}"
         )
@@ -70,11 +97,23 @@ def model_info(ref: str) -> ModelInfo:
         return wan.preset_info(ref)
     shipped = _shipped()
     if ref in shipped:
-        return dataclasses.replace(wan.directory_info(shipped[ref]), name=ref)
+        return dataclasses.replace(_directory_info(wan.directory_info, shipped[ref]), name=ref)
     family = _directory_family(ref)
     if family == "wan":
-        return wan.directory_info(ref)
+        return _directory_info(wan.directory_info, ref)
     raise _unknown(ref)
+
+
+def _directory_info(read, ref: str) -> ModelInfo:
+    """``read(ref)``, with a missing or broken file of the model directory as ``UnknownModelError``."""
+    try:
+        return read(ref)
+    except FileNotFoundError as exc:
+        raise UnknownModelError(
+            f"model directory {ref!r} is incomplete: {exc.filename or exc} is missing"
+        ) from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UnknownModelError(f"model directory {ref!r}: {exc}") from None
 
 
 def load_backend(
