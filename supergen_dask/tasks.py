@@ -20,7 +20,7 @@ from supergen_dask import config, worker_models
 from supergen_dask.geometry import TileKey
 from supergen_dask.noise import position_noise, window_noise
 from supergen_dask.plan import RenderPlan, StagePlan
-from supergen_dask.stepping import RegionStep, initial_noise_sigma, renoise
+from supergen_dask.stepping import RegionStep, check_finite, initial_noise_sigma, renoise
 
 __all__ = [
     "encode_prompt",
@@ -226,6 +226,7 @@ def denoise_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, sessio
     else:
         noise_pred = backend.predict(model_in, t.expand(1), pos[None], (y0, x0))
     new, new_state = region.step(noise_pred.float(), sample)
+    check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype)
     _sync(device)
     t_fwd = time.perf_counter() - t_fwd0
 
