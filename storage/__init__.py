@@ -1,17 +1,20 @@
 """Storage of renders: the Zarr layout (tile-addressed), xarray views, and video files (PyAV).
 
 Public names: ``RenderLayout``, ``StageLayout``, ``DecodeLayout``, ``DecodeRegion``,
-``create_render_store``, ``RenderStore``, ``RenderExistsError``, ``open_render``,
+``create_render_store``, ``RenderStore``, ``RenderExistsError``, ``ChunkCorruptError``,
+``layout_nbytes``, ``open_render``,
 ``encode_video``, ``read_video``, ``probe_video``.
 """
 
+from storage.checksums import ChunkCorruptError
 from storage.layout import DecodeLayout, DecodeRegion, RenderLayout, StageLayout
-from storage.store import STAT_FIELDS, RenderExistsError, RenderStore, create_render_store
+from storage.store import STAT_FIELDS, RenderExistsError, RenderStore, create_render_store, layout_nbytes
 from storage.video import VideoInfo, encode_video, probe_video, read_video
 from storage.views import open_render
 
 __all__ = [
     "STAT_FIELDS",
+    "ChunkCorruptError",
     "DecodeLayout",
     "DecodeRegion",
     "RenderExistsError",
@@ -20,6 +23,7 @@ __all__ = [
     "StageLayout",
     "VideoInfo",
     "create_render_store",
+    "layout_nbytes",
     "encode_video",
     "open_render",
     "probe_video",

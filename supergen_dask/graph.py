@@ -138,6 +138,9 @@ def prepare_store(plan: RenderPlan, render_dir: Path, overwrite: bool = False) -
         except (FileNotFoundError, ValueError, KeyError):
             store, existing = None, None
         if existing == plan.token and store is not None:
+            from supergen_dask.integrity import repair_store
+
+            repair_store(plan, store, video_exists=(render_dir / VIDEO_NAME).exists())  # redo damaged work
             return store
         if not overwrite:
             raise RenderExistsError(
