@@ -190,3 +190,29 @@ def test_pickle_only_model_is_refused_at_planning(tmp_path, tiny_dir):
     plan = sd.plan_render(sd.RenderSpec(prompt="x", model=str(tiny_dir)))
     assert plan.estimate().weights_bytes > 0
     assert json.loads(json.dumps(plan.estimate().to_dict()))["tile_tasks"] == plan.n_tile_tasks()
+
+
+def test_read_only_output_filesystem_is_bad_input(tmp_path, monkeypatch, capsys):
+    # a read-only mount cannot be made here (tests may run as root, for whom chmod is no barrier)
+    from supergen_dask import preflight
+
+    monkeypatch.setattr(preflight, "_read_only", lambda path: True)
+    argv = ["render", "--prompt", "x", *FAST, "--output-dir", str(tmp_path / "out")]
+    assert main(argv) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "read-only filesystem" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_interrupt_names_the_render_directory(tmp_path, monkeypatch, capsys):
+    from supergen_dask import graph
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(graph, "run_render", interrupted)
+    out = tmp_path / "out"
+    argv = ["render", "--prompt", "x", *FAST, "--output-dir", str(out), "--threads", "--workers", "1"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert f"supergen resume {out}" in err and "<render dir>" not in err

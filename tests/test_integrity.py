@@ -154,7 +154,9 @@ def test_estimate_matches_the_store(reference):
     assert est.store_parts == layout_nbytes(plan.layout())
     store = reference / "render.zarr"
     arrays = ["latents", "start", "state_model_outputs", "state_last_sample"]
-    written = sum(_du(store / s / a) for s in ("sketch", "refine") for a in arrays if (store / s / a).exists())
+    written = sum(
+        _du(store / s / a) for s in ("sketch", "refine") for a in arrays if (store / s / a).exists()
+    )
     # latents and scheduler state are stored raw (no compressor by default): exactly as estimated
     assert written == est.store_parts["latents"] + est.store_parts["state"]
     total = _du(store)
@@ -189,3 +191,28 @@ def test_estimate_is_the_layouts_bytes(height, width, frames, steps, anchor, fp1
         assert est.store_parts == layout_nbytes(plan.layout())
     assert est.tile_tasks == plan.n_tile_tasks() and est.task_bytes > 0
     assert np.isfinite(est.store_bytes)
+
+
+def test_full_disk_is_one_line_and_resumes_bit_identical(tmp_path, reference, pclient, monkeypatch, capsys):
+    import errno
+
+    calls = {"n": 0}
+    mark_done = RenderStore.mark_done
+
+    def full_after_ten(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 10:
+            raise OSError(errno.ENOSPC, "No space left on device", self.url)
+        return mark_done(self, *args, **kwargs)
+
+    monkeypatch.setattr(RenderStore, "mark_done", full_after_ten)  # in-process (thread) workers
+    out = tmp_path / "r"
+    argv = ["render", "--model", "tiny-random-wan", "--prompt", SPEC.prompt, "--seed", str(SPEC.seed)]
+    argv += ["--height", "128", "--width", "128", "--num-frames", "9", "--guidance-scale", "5.0"]
+    argv += ["--num-inference-steps", "6", "--refine-steps", "4", "--output-dir", str(out)]
+    assert main([*argv, "--threads", "--workers", "1", "--no-progress"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "No space left" in err[0] and f"supergen resume {out}" in err[0], err
+    monkeypatch.undo()
+    sd.resume(out, client=pclient, progress=False)
+    assert_renders_identical(reference, out)
