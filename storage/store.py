@@ -15,9 +15,12 @@ Rules this module keeps (see the project's storage notes):
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -121,13 +124,22 @@ def create_render_store(
     compressor: str | None = None,
     storage_options: dict | None = None,
 ) -> RenderStore:
-    """Create the group and every array of a render (fails if anything exists at ``url``)."""
+    """Create the group and every array of a render (fails if anything exists at ``url``).
+
+    On a local filesystem the store is built under a temporary name beside ``url`` and renamed
+    into place when complete, so a kill during creation never leaves a half-made store at
+    ``url`` (only a ``<url>.partial-*`` directory that nothing reads).
+    """
+    local = _local_path(url)
+    if local is not None and local.exists():
+        raise RenderExistsError(f"a store already exists at {url}")
+    instance = uuid.uuid4().hex
+    build = url if local is None else str(local.with_name(f"{local.name}.partial-{instance[:8]}"))
     try:
-        root = zarr.open_group(url, mode="w-", storage_options=storage_options, zarr_format=3)
+        root = zarr.open_group(build, mode="w-", storage_options=storage_options, zarr_format=3)
     except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
         raise RenderExistsError(f"a store already exists at {url}") from None
     comp = _compressors(compressor)
-    instance = uuid.uuid4().hex
 
     def arr(group, name, shape, chunks, dtype, dims, fill, compressors="auto", **kw):
         return group.create_array(
@@ -281,7 +293,22 @@ def create_render_store(
             **attrs,
         }
     )
+    if local is not None:
+        try:
+            os.rename(build, local)  # atomic: the store appears whole or not at all
+        except OSError:
+            shutil.rmtree(build, ignore_errors=True)
+            if local.exists():
+                raise RenderExistsError(f"a store already exists at {url}") from None
+            raise
     return RenderStore(url, instance=instance, storage_options=storage_options, mode="r+")
+
+
+def _local_path(url: str) -> Path | None:
+    """The local directory of a store URL (a plain path or ``file://``), else ``None``."""
+    if url.startswith("file://"):
+        return Path(url[len("file://") :])
+    return None if "://" in url else Path(url)
 
 
 _CACHE: dict[tuple[str, str, str, str], RenderStore] = {}

@@ -152,3 +152,22 @@ def test_prune_keeps_the_last_step_and_refuses_unfinished_renders(tmp_path):
     assert np.isnan(reopened.read_canvas("refine", "latents", 5)).all()
     assert np.isnan(reopened.array("refine/state_model_outputs")[...]).all()
     assert reopened.done_mask("refine").all()  # the record of the work stays
+
+
+def test_store_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    url = str(tmp_path / "s.zarr")
+
+    def killed(self):
+        raise KeyboardInterrupt  # a kill between the arrays and the identity attributes
+
+    with monkeypatch.context() as m:
+        m.setattr(RenderLayout, "to_dict", killed)
+        with pytest.raises(KeyboardInterrupt):
+            create_render_store(url, _layout(), {"spec": {}})
+    assert not (tmp_path / "s.zarr").exists()  # nothing half-made where the store belongs
+    with pytest.raises(FileNotFoundError):
+        RenderStore.open(url)
+    store = create_render_store(url, _layout(), {"spec": {"a": 1}})
+    assert RenderStore.open(url).attrs["spec"] == {"a": 1} and store.instance
+    with pytest.raises(RenderExistsError):
+        create_render_store(url, _layout(), {"spec": {}})
