@@ -300,6 +300,19 @@ def _classify(exc: BaseException, render_dir: Path | None, started: bool) -> tup
     return EXIT_FAILED, f"{type(exc).__name__}: {exc}{resume if started else ''}"
 
 
+def _mark_dead_sessions(render_dir: Path) -> None:
+    """Under the directory's lock no other run is alive: sessions still ``running`` were killed."""
+    from storage import RenderStore
+    from supergen_dask.dirlock import mark_dead_sessions
+    from supergen_dask.graph import STORE_NAME
+
+    try:
+        store = RenderStore.open(str(render_dir / STORE_NAME))
+    except (FileNotFoundError, ValueError, KeyError):
+        return  # a new render, or not ours: run_render says which
+    mark_dead_sessions(store)
+
+
 def _verify(render_dir: str, repair: bool) -> int:
     from storage import RenderStore
     from supergen_dask.graph import STORE_NAME, VIDEO_NAME
@@ -362,6 +375,7 @@ def _main(args: argparse.Namespace, where: dict[str, Any]) -> int:
     import dask.config
 
     from supergen_dask.cluster import client_for
+    from supergen_dask.dirlock import render_dir_lock
     from supergen_dask.estimate import check_disk
     from supergen_dask.graph import default_render_dir, load_plan, run_render
     from supergen_dask.plan import plan_render
@@ -388,10 +402,14 @@ def _main(args: argparse.Namespace, where: dict[str, Any]) -> int:
         check_output_dir(render_dir)
         check_disk(plan, render_dir)
     where["render_dir"] = render_dir
-    with client_for(None, **_cluster_kwargs(args)) as client:  # first: a dead address is one line
+    with (
+        client_for(None, **_cluster_kwargs(args)) as client,  # first: a dead address is one line
+        render_dir_lock(render_dir),  # a second run on the directory waits, then finds the work done
+    ):
         print(plan.summary(), file=sys.stderr)
         print(f"render directory: {render_dir}", file=sys.stderr)
         where["started"] = True
+        _mark_dead_sessions(render_dir)
         result = run_render(plan, render_dir, client, progress=not args.no_progress, overwrite=overwrite)
     _print_result(result)
     return 0

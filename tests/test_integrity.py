@@ -4,6 +4,7 @@ latents stop a render; the pre-flight estimate matches the store a render create
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -215,4 +216,43 @@ def test_full_disk_is_one_line_and_resumes_bit_identical(tmp_path, reference, pc
     assert len(err) == 1 and "No space left" in err[0] and f"supergen resume {out}" in err[0], err
     monkeypatch.undo()
     sd.resume(out, client=pclient, progress=False)
+    assert_renders_identical(reference, out)
+
+
+def test_two_runs_on_one_directory_do_the_work_once(tmp_path, reference):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "r"
+    argv = ["render", "--model", "tiny-random-wan", "--prompt", SPEC.prompt, "--seed", str(SPEC.seed)]
+    argv += ["--height", "128", "--width", "128", "--num-frames", "9", "--guidance-scale", "5.0"]
+    argv += ["--num-inference-steps", "6", "--refine-steps", "4", "--output-dir", str(out)]
+    argv += ["--threads", "--workers", "1", "--no-progress"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "supergen_dask.cli", *argv]
+    runs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    time.sleep(0.5)
+    runs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [r.communicate(timeout=600) for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], outputs
+    assert any("being rendered by another run" in err for _, err in outputs), outputs
+    store = RenderStore.open(str(out / "render.zarr"), mode="r")
+    for stage in ("sketch", "refine"):  # every tile computed once, by one session
+        sessions = store.tile_stats(stage)["session"]
+        assert len(np.unique(sessions)) == 1, sessions
+    assert [s["status"] for s in store.attrs["sessions"]] == ["finished", "finished"]
+    assert_renders_identical(reference, out)
+
+
+def test_a_killed_session_is_marked_by_the_next_run(tmp_path, reference):
+    out = tmp_path / "r"
+    shutil.copytree(reference, out)
+    store = RenderStore.open(str(out / "render.zarr"))
+    store.update_attrs(sessions=[*store.attrs["sessions"], {"session": 2, "status": "running"}])
+    _rewind(out, None, 0)
+    argv = ["resume", str(out), "--threads", "--workers", "1", "--no-progress"]
+    assert main(argv) == 0
+    statuses = [s["status"] for s in RenderStore.open(str(out / "render.zarr")).attrs["sessions"]]
+    assert statuses == ["finished", "killed", "finished"]
     assert_renders_identical(reference, out)
