@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import dask.config
 import numpy as np
 import zarr
 from zarr.core.sync import sync
@@ -342,6 +343,9 @@ class RenderStore:
         self._recorded: dict[tuple[str, str, int, int], np.ndarray] = {}
         self._lock = threading.Lock()
         self._has_checksums = "prompt_checksum" in self.root  # stores made before checksums: none
+        # Readers check every chunk they read whole (about 1 s per 2 GB hashed on one core);
+        # ``supergen.storage.verify-reads: false`` leaves it to resume and ``supergen verify``.
+        self.verify_reads = bool(dask.config.get("supergen.storage.verify-reads", True))
 
     @classmethod
     def open(cls, url: str, mode: str = "r+", storage_options: dict | None = None) -> RenderStore:
@@ -478,11 +482,23 @@ class RenderStore:
         return out
 
     def read_region(
-        self, stage: str, name: str, step: int | None, y0: int, x0: int, h: int, w: int
+        self,
+        stage: str,
+        name: str,
+        step: int | None,
+        y0: int,
+        x0: int,
+        h: int,
+        w: int,
+        verify: str | tuple[int, int] | None = "all",
     ) -> np.ndarray:
         """Read a window of the canvas (wrapping at the edges) from a step's rolled array.
 
-        Chunks with a recorded checksum are read whole and checked (``ChunkCorruptError``).
+        ``verify`` says which chunks under the window are checked against their recorded
+        checksums (``ChunkCorruptError`` on a mismatch): ``"all"`` (read whole), a tile
+        ``(row, col)`` (that chunk only: a tile task checks the chunk of its own index, which the
+        same tile of the next step always overlaps, so every chunk is checked once and not four
+        times), or ``None``. Chunks without a recorded checksum (unfinished) are never checked.
         """
         st = self.stage(stage)
         a = self.array(f"{stage}/{name}")
@@ -490,25 +506,40 @@ class RenderStore:
         sy, sx = (y0 - oy) % st.canvas_h, (x0 - ox) % st.canvas_w
         rows = [(sy // st.tile_h + i) % st.rows for i in range(-(-(sy % st.tile_h + h) // st.tile_h))]
         cols = [(sx // st.tile_w + i) % st.cols for i in range(-(-(sx % st.tile_w + w) // st.tile_w))]
-        if self._has_checksums and any(
-            v != NOT_RECORDED for v in self.recorded_checksums(stage, name, step, rows, cols).values()
-        ):
+        check = self._has_checksums and self.verify_reads and verify is not None
+        recorded = self.recorded_checksums(stage, name, step, rows, cols) if check else {}
+        check = check and any(v != NOT_RECORDED for v in recorded.values())
+        if check and (verify == "all" or tuple(verify) not in recorded):
             tiles = self._read_tiles(stage, name, step, rows, cols)
             mosaic = np.concatenate(
                 [np.concatenate([tiles[(r, c)] for c in cols], axis=-1) for r in rows], axis=-2
             )
             ty, tx = sy % st.tile_h, sx % st.tile_w
             return np.ascontiguousarray(mosaic[..., ty : ty + h, tx : tx + w])
+        if check:
+            self._read_tiles(stage, name, step, [verify[0]], [verify[1]])
+        where = (
+            f"{stage}/{name} " + ("" if step is None else f"step {step} ") + f"window ({y0}, {x0}, {h}, {w})"
+        )
         lead = () if step is None else (st.step_index(step),)
         middle = (slice(None),) * (a.ndim - len(lead) - 2)
-        rows = []
-        for ya, yn in _pieces(y0 - oy, h, st.canvas_h):
-            cols = [
-                a[lead + middle + (slice(ya, ya + yn), slice(xa, xa + xn))]
-                for xa, xn in _pieces(x0 - ox, w, st.canvas_w)
-            ]
-            rows.append(cols[0] if len(cols) == 1 else np.concatenate(cols, axis=-1))
-        return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=-2)
+        pieces = []
+        try:
+            for ya, yn in _pieces(y0 - oy, h, st.canvas_h):
+                part = [
+                    a[lead + middle + (slice(ya, ya + yn), slice(xa, xa + xn))]
+                    for xa, xn in _pieces(x0 - ox, w, st.canvas_w)
+                ]
+                pieces.append(part[0] if len(part) == 1 else np.concatenate(part, axis=-1))
+        except Exception as exc:  # an undecodable or truncated chunk
+            raise ChunkCorruptError(where, f"unreadable ({type(exc).__name__}: {exc})") from exc
+        out = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=-2)
+        if check and name in ("latents", "start", "anchor") and not np.isfinite(out).all():
+            # finished latents are always finite (tasks check): a chunk here went missing
+            raise ChunkCorruptError(
+                where, "non-finite values where finished latents are (a chunk is missing)"
+            )
+        return out
 
     def read_canvas(self, stage: str, name: str, step: int | None) -> np.ndarray:
         """The whole (padded) canvas of a step, un-rolled."""

@@ -186,12 +186,13 @@ def denoise_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, sessio
     backend.load_transformer()
     device = backend.device
     t_read0 = time.perf_counter()
-    x = store.read_region(key.stage, "start" if first else "latents", prev, y0, x0, g.tile_h, g.tile_w)
+    own = (key.row, key.col)  # the one chunk of each array this task checks (store.read_region)
+    x = store.read_region(key.stage, "start" if first else "latents", prev, y0, x0, g.tile_h, g.tile_w, own)
     region = RegionStep(plan.scheduler, st.first, key.step)
     state = {}
     for sname, slots in region.present().items():
         if slots:
-            arr = store.read_region(key.stage, f"state_{sname}", prev, y0, x0, g.tile_h, g.tile_w)
+            arr = store.read_region(key.stage, f"state_{sname}", prev, y0, x0, g.tile_h, g.tile_w, own)
             state[sname] = {s: _to_model(arr[s], device) for s in slots}
     region.load(state)
     neg, pos = worker_models.prompt_embeds(store, device)
@@ -199,7 +200,8 @@ def denoise_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, sessio
     weight = plan.anchor_weight(key.step) if key.stage == "refine" else 0.0
     if weight > 0:
         # sketch anchoring: pull the tile toward the upscaled sketch re-noised to this step
-        clean = _to_model(store.read_region("refine", "anchor", None, y0, x0, g.tile_h, g.tile_w), device)
+        clean = store.read_region("refine", "anchor", None, y0, x0, g.tile_h, g.tile_w, own)
+        clean = _to_model(clean, device)
         eps = window_noise(
             plan.spec.seed,
             "refine",
