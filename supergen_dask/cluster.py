@@ -41,9 +41,9 @@ def connect(address: str, timeout: float | None = None) -> Client:
     try:
         return Client(address, timeout=timeout)
     except (OSError, TimeoutError, ValueError, TypeError) as exc:
-        raise ClusterError(
-            f"cannot connect to the Dask scheduler at {address} within {timeout:g} s ({exc})"
-        ) from None
+        waited = isinstance(exc, TimeoutError) or "Timed out" in str(exc)
+        why = f"no answer within {timeout:g} s (supergen.cluster.connect-timeout)" if waited else str(exc)
+        raise ClusterError(f"cannot connect to the Dask scheduler at {address}: {why}") from None
 
 
 def gpu_count() -> int:

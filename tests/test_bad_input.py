@@ -111,6 +111,8 @@ CASES = [
     ("output-is-file", lambda t, m: _file_as_dir(t), ["afile", "not a directory"]),
     # cluster addresses
     ("address-dead", lambda t, m: ["render", "--prompt", "x", *FAST, "--output-dir", str(t / "out"), "--address", "tcp://127.0.0.1:1"], ["tcp://127.0.0.1:1"]),
+    ("address-scheme", lambda t, m: ["render", "--prompt", "x", *FAST, "--address", "http://127.0.0.1:1"], ["http://127.0.0.1:1", "scheme"]),
+    ("address-no-port", lambda t, m: ["render", "--prompt", "x", *FAST, "--address", "scheduler"], ["scheduler", "port"]),
     ("address-empty", lambda t, m: ["render", "--prompt", "x", "--address", " "], ["--address"]),
     # existing directories
     ("resume-not-a-render", lambda t, m: ["resume", str(t / "nothing")], ["no render store"]),
@@ -216,3 +218,23 @@ def test_interrupt_names_the_render_directory(tmp_path, monkeypatch, capsys):
     assert main(argv) == 130
     err = capsys.readouterr().err
     assert f"supergen resume {out}" in err and "<render dir>" not in err
+
+
+def test_dry_run_prints_the_estimate_and_writes_nothing(tmp_path, capsys):
+    argv = ["render", "--prompt", "x", *FAST, "--output-dir", str(tmp_path / "out"), "--dry-run"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "estimate:" in printed and "tile tasks" in printed and "render directory:" in printed
+    assert not (tmp_path / "out").exists()
+
+
+def test_limits_are_settings_and_force_overrides_them(tmp_path, capsys):
+    argv = ["render", "--prompt", "x", *FAST, "--output-dir", str(tmp_path / "out"), "--dry-run"]
+    with dask.config.set({"supergen.limits.max-tile-tasks": 3}):
+        assert main(argv) == EXIT_BAD_INPUT
+        err = capsys.readouterr().err
+        assert "supergen.limits.max-tile-tasks" in err and "--force" in err
+        assert main([*argv, "--force"]) == 0
+    with dask.config.set({"supergen.limits.max-store-bytes": "1kB"}):
+        assert main(argv) == EXIT_BAD_INPUT and "max-store-bytes" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
