@@ -201,6 +201,9 @@ class _Graph:
     def stage(self, name: str, entry: Future | None, prompt: Future | None) -> None:
         st = self.plan.stage(name)
         done = self.store.done_mask(name)
+        # resuming, a tile whose neighbours are done may still need a prompt or stage input that is
+        # being redone (a damaged chunk, supergen_dask.integrity): wait for those too
+        redo = [entry, prompt] if done.any() else []
         for i, step in enumerate(st.steps):
             for key in st.keys(step):
                 if done[i, key.row, key.col]:
@@ -208,7 +211,7 @@ class _Graph:
                 if step == st.first:
                     deps = [entry, prompt]
                 else:
-                    deps = [self.tiles.get(d) for d in st.dependencies(key)]
+                    deps = [self.tiles.get(d) for d in st.dependencies(key)] + redo
                 self.tiles[key] = self._submit(
                     tasks.denoise_tile,
                     key,
