@@ -39,6 +39,7 @@ __all__ = [
     "VideoBackend",
     "UnknownModelError",
     "ModelDirectoryError",
+    "model_directory",
     "available_models",
     "families",
     "model_info",
@@ -95,6 +96,19 @@ def _shipped() -> dict[str, Path]:
     return {"toy-wan": toy} if (toy / "model_index.json").is_file() else {}
 
 
+def model_directory(ref: str) -> Path | None:
+    """The directory a model's files are in (a shipped checkpoint or a local directory), or
+    ``None`` for a model built in code."""
+    shipped = _shipped()
+    if ref in shipped:
+        return shipped[ref]
+    from pipelines import wan
+
+    if ref in wan.preset_names() or not (Path(ref) / "model_index.json").is_file():
+        return None
+    return Path(ref)
+
+
 def available_models() -> list[str]:
     """Names of the models that need no files (built in code or shipped in the package)."""
     return sorted(list(_presets()) + list(_shipped()))
@@ -111,9 +125,15 @@ def _directory_module(ref: str | Path) -> ModuleType | None:
         raise UnknownModelError(
             f"model directory {str(ref)!r} has no model_index.json: not a diffusers pipeline directory"
         )
-    cls = json.loads(index.read_text()).get("_class_name", "")
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UnknownModelError(f"{index}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UnknownModelError(f"{index}: expected a JSON object, got {type(data).__name__}")
+    cls = data.get("_class_name", "")
     known = _pipeline_families()
-    if cls not in known:
+    if not isinstance(cls, str) or cls not in known:
         raise UnknownModelError(
             f"model directory {str(ref)!r} holds a {cls or 'unknown'} pipeline; supported: {sorted(known)}"
         )
@@ -137,14 +157,26 @@ def model_info(ref: str) -> ModelInfo:
     shipped = _shipped()
     if ref in shipped:
         module = _directory_module(shipped[ref])
-        return dataclasses.replace(module.directory_info(shipped[ref]), name=ref)
+        return dataclasses.replace(_directory_info(module.directory_info, shipped[ref]), name=ref)
     try:
         module = _directory_module(ref)
-        if module is None:
-            raise _unknown(ref)
-        return module.directory_info(ref)
     except ModelDirectoryError as exc:
         raise UnknownModelError(str(exc)) from None
+    if module is None:
+        raise _unknown(ref)
+    return _directory_info(module.directory_info, ref)
+
+
+def _directory_info(read, ref: str) -> ModelInfo:
+    """``read(ref)``, with a missing or broken file of the model directory as ``UnknownModelError``."""
+    try:
+        return read(ref)
+    except FileNotFoundError as exc:
+        raise UnknownModelError(
+            f"model directory {ref!r} is incomplete: {exc.filename or exc} is missing"
+        ) from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UnknownModelError(f"model directory {ref!r}: {exc}") from None
 
 
 def load_backend(

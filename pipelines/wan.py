@@ -37,6 +37,8 @@ __all__ = [
     "WanBackend",
     "preset_info",
     "directory_info",
+    "check_weights",
+    "read_json",
     "load_preset",
     "load_directory",
     "save_tiny_pipeline",
@@ -171,6 +173,45 @@ def preset_names() -> list[str]:
     return sorted(_PRESETS)
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+WEIGHT_COMPONENTS = ("transformer", "vae", "text_encoder")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a model directory; ``FileNotFoundError`` or ``ValueError`` naming the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(2, "missing", str(path)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def check_weights(path: str | Path, components: tuple[str, ...] = WEIGHT_COMPONENTS) -> None:
+    """Raise ``ValueError`` naming the component unless each has safetensors weights.
+
+    Weights are only ever loaded from safetensors (pickles can run code), so a component whose
+    weights are pickle-only would fail in a worker after the store is written; refuse it while
+    planning instead.
+    """
+    root = Path(path)
+    for comp in components:
+        folder = root / comp
+        files = sorted(f.name for f in folder.iterdir() if f.is_file()) if folder.is_dir() else []
+        if any(f.endswith(".safetensors") for f in files):
+            continue
+        pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+        if pickles:
+            raise ValueError(
+                f"{folder}: weights are pickle-only ({', '.join(pickles)}); only safetensors are loaded "
+                "(convert them, e.g. save_pretrained(..., safe_serialization=True))"
+            )
+        raise ValueError(f"{folder}: no safetensors weights for the {comp} component")
+
+
 def directory_info(path: str | Path) -> ModelInfo:
     """Read a diffusers-layout Wan directory's configs (no weights) into a ModelInfo.
 
@@ -179,9 +220,12 @@ def directory_info(path: str | Path) -> ModelInfo:
     ``supergen.json`` may also name the model's ``prompt_grammar`` (see ``ModelInfo``).
     """
     root = Path(path)
-    transformer = json.loads((root / "transformer" / "config.json").read_text())
-    vae = json.loads((root / "vae" / "config.json").read_text())
-    sched = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    transformer = read_json(root / "transformer" / "config.json")
+    vae = read_json(root / "vae" / "config.json")
+    sched = read_json(root / "scheduler" / "scheduler_config.json")
+    if not isinstance(sched.get("_class_name"), str):
+        raise ValueError(f"{root / 'scheduler' / 'scheduler_config.json'}: no _class_name")
+    check_weights(root)
     extra = read_overrides(root)
     inner = transformer.get("num_attention_heads", 12) * transformer.get("attention_head_dim", 128)
     if int(vae.get("scale_factor_spatial") or 8) == 16:  # Wan 2.2 TI2V-5B: 1280x704, 121 frames, 24 fps

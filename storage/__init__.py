@@ -1,13 +1,14 @@
 """Storage of renders: the Zarr layout (tile-addressed), xarray views, and video files (PyAV).
 
 Public names: ``RenderLayout``, ``StageLayout``, ``DecodeLayout``, ``DecodeRegion``,
-``create_render_store``, ``RenderStore``, ``RenderExistsError``, ``open_render``,
-``encode_video``, ``encode_segment``, ``join_segments``, ``segment_ranges``, ``read_video``,
-``probe_video``.
+``create_render_store``, ``RenderStore``, ``RenderExistsError``, ``ChunkCorruptError``,
+``layout_nbytes``, ``open_render``, ``encode_video``, ``encode_segment``, ``join_segments``,
+``segment_ranges``, ``read_video``, ``probe_video``.
 """
 
+from storage.checksums import ChunkCorruptError
 from storage.layout import DecodeLayout, DecodeRegion, RenderLayout, StageLayout
-from storage.store import STAT_FIELDS, RenderExistsError, RenderStore, create_render_store
+from storage.store import STAT_FIELDS, RenderExistsError, RenderStore, create_render_store, layout_nbytes
 from storage.video import (
     VideoInfo,
     encode_segment,
@@ -21,6 +22,7 @@ from storage.views import open_render
 
 __all__ = [
     "STAT_FIELDS",
+    "ChunkCorruptError",
     "DecodeLayout",
     "DecodeRegion",
     "RenderExistsError",
@@ -30,6 +32,7 @@ __all__ = [
     "VideoInfo",
     "create_render_store",
     "encode_segment",
+    "layout_nbytes",
     "encode_video",
     "join_segments",
     "open_render",

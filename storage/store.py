@@ -6,24 +6,40 @@ Rules this module keeps (see the project's storage notes):
 - one writer per chunk: a tile task writes exactly the chunks of its own tile;
 - latents of a step are stored rolled by that step's grid offset, so a tile is one chunk; reads
   take any (wrapping) window in canvas coordinates and touch only the chunks under it;
-- ``done`` markers are written after the data they vouch for.
+- ``done`` markers are written after the data they vouch for;
+- every latent, state, start, pixel and prompt chunk has a CRC-32 recorded by its writer (before
+  the done marker) and checked by its readers (``storage.checksums``), so a chunk changed or
+  lost on disk raises ``ChunkCorruptError`` instead of being used.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
+import dask.config
 import numpy as np
 import zarr
 from zarr.core.sync import sync
 
+from storage.checksums import NOT_RECORDED, ChunkCorruptError, crc32
 from storage.layout import DecodeRegion, RenderLayout, StageLayout
 
-__all__ = ["STAT_FIELDS", "RenderStore", "RenderExistsError", "create_render_store"]
+__all__ = [
+    "STAT_FIELDS",
+    "RenderStore",
+    "RenderExistsError",
+    "create_render_store",
+    "checked_arrays",
+    "start_arrays",
+    "layout_nbytes",
+]
 
 STAT_FIELDS = (
     "started",
@@ -62,6 +78,46 @@ def _pieces(start: int, length: int, size: int) -> list[tuple[int, int]]:
     return out
 
 
+def checked_arrays(st: StageLayout) -> tuple[str, ...]:
+    """The per-step arrays of a stage whose chunks carry a checksum, in ``checksums`` order."""
+    return ("latents",) + tuple(f"state_{name}" for name, _ in st.state_slots)
+
+
+def start_arrays(st: StageLayout) -> tuple[str, ...]:
+    """The step-less arrays of a stage (its input), in ``start_checksums`` order."""
+    return ("start", "anchor") if st.anchor else ("start",)
+
+
+def _isize(dtype: str) -> int:
+    return np.dtype(dtype).itemsize
+
+
+def layout_nbytes(layout: RenderLayout) -> dict[str, int]:
+    """Bytes the chunks of a render's arrays take once every chunk is written, uncompressed, by
+    kind: ``latents`` (start, anchor, per-step latents), ``state`` (scheduler history), ``pixels``
+    (decoded regions and sketch pixels) and ``records`` (markers, stats, checksums, embeddings)."""
+    out = {"latents": 0, "state": 0, "pixels": 0, "records": 0}
+    for st in layout.stages:
+        canvas = st.frames * st.channels * st.canvas_h * st.canvas_w
+        n, tiles = len(st.steps), st.rows * st.cols
+        out["latents"] += canvas * (_isize(st.dtype) * (n + 1) + (4 if st.anchor else 0))
+        out["state"] += sum(slots for _, slots in st.state_slots) * n * canvas * 4
+        k = len(checked_arrays(st))
+        out["records"] += n * tiles * (1 + 8 * len(STAT_FIELDS) + 8 * k) + tiles * 8 * len(start_arrays(st))
+        out["records"] += n * 16
+    d = layout.decode
+    chunks = -(-d.frames // d.frames_per_chunk)
+    for reg in d.regions:
+        _, _, wh, ww = reg.window
+        out["pixels"] += d.frames * wh * ww * d.scale * d.scale * 3
+    out["records"] += len(d.regions) * chunks * 8
+    if layout.sketch_pixels is not None:
+        f, h, w = layout.sketch_pixels
+        out["pixels"] += f * h * w * 3
+    out["records"] += 2 * layout.embed_tokens * layout.embed_dim * 4 + 8 + max(1, len(layout.tasks))
+    return out
+
+
 def create_render_store(
     url: str,
     layout: RenderLayout,
@@ -70,13 +126,22 @@ def create_render_store(
     compressor: str | None = None,
     storage_options: dict | None = None,
 ) -> RenderStore:
-    """Create the group and every array of a render (fails if anything exists at ``url``)."""
+    """Create the group and every array of a render (fails if anything exists at ``url``).
+
+    On a local filesystem the store is built under a temporary name beside ``url`` and renamed
+    into place when complete, so a kill during creation never leaves a half-made store at
+    ``url`` (only a ``<url>.partial-*`` directory that nothing reads).
+    """
+    local = _local_path(url)
+    if local is not None and local.exists():
+        raise RenderExistsError(f"a store already exists at {url}")
+    instance = uuid.uuid4().hex
+    build = url if local is None else str(local.with_name(f"{local.name}.partial-{instance[:8]}"))
     try:
-        root = zarr.open_group(url, mode="w-", storage_options=storage_options, zarr_format=3)
+        root = zarr.open_group(build, mode="w-", storage_options=storage_options, zarr_format=3)
     except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
         raise RenderExistsError(f"a store already exists at {url}") from None
     comp = _compressors(compressor)
-    instance = uuid.uuid4().hex
 
     def arr(group, name, shape, chunks, dtype, dims, fill, compressors="auto", **kw):
         return group.create_array(
@@ -100,6 +165,7 @@ def create_render_store(
         np.nan,
     )
     arr(root, "task_done", (max(1, len(layout.tasks)),), (1,), "uint8", ("task",), 0)
+    arr(root, "prompt_checksum", (1,), (1,), "int64", ("one",), NOT_RECORDED)
 
     for st in layout.stages:
         g = root.create_group(st.name)
@@ -160,6 +226,28 @@ def create_render_store(
                 **big,
             )
         arr(g, "done", (n, st.rows, st.cols), (1, 1, 1), "uint8", ("step", "tile_y", "tile_x"), 0)
+        k = len(checked_arrays(st))
+        sums = arr(
+            g,
+            "checksums",
+            (n, st.rows, st.cols, k),
+            (1, 1, 1, k),
+            "int64",
+            ("step", "tile_y", "tile_x", "checked_array"),
+            NOT_RECORDED,
+        )
+        sums.attrs["arrays"] = list(checked_arrays(st))
+        k0 = len(start_arrays(st))
+        sums = arr(
+            g,
+            "start_checksums",
+            (st.rows, st.cols, k0),
+            (1, 1, 1),
+            "int64",
+            ("tile_y", "tile_x", "start_array"),
+            NOT_RECORDED,
+        )
+        sums.attrs["arrays"] = list(start_arrays(st))
         arr(
             g,
             "tile_stats",
@@ -188,6 +276,16 @@ def create_render_store(
 
     dec = root.create_group("decoded")
     d = layout.decode
+    n_chunks = -(-d.frames // d.frames_per_chunk)
+    arr(
+        dec,
+        "checksums",
+        (max(1, len(d.regions)), n_chunks),
+        (1, n_chunks),
+        "int64",
+        ("region", "frame_chunk"),
+        NOT_RECORDED,
+    )
     for reg in d.regions:
         _, _, wh, ww = reg.window
         ph, pw = wh * d.scale, ww * d.scale
@@ -209,7 +307,22 @@ def create_render_store(
             **attrs,
         }
     )
+    if local is not None:
+        try:
+            os.rename(build, local)  # atomic: the store appears whole or not at all
+        except OSError:
+            shutil.rmtree(build, ignore_errors=True)
+            if local.exists():
+                raise RenderExistsError(f"a store already exists at {url}") from None
+            raise
     return RenderStore(url, instance=instance, storage_options=storage_options, mode="r+")
+
+
+def _local_path(url: str) -> Path | None:
+    """The local directory of a store URL (a plain path or ``file://``), else ``None``."""
+    if url.startswith("file://"):
+        return Path(url[len("file://") :])
+    return None if "://" in url else Path(url)
 
 
 _CACHE: dict[tuple[str, str, str, str], RenderStore] = {}
@@ -238,6 +351,14 @@ class RenderStore:
         self.instance = attrs["instance"]
         self.layout = RenderLayout.from_dict(attrs["layout"])
         self._arrays: dict[str, zarr.Array] = {}
+        # checksums of tiles written by this process, recorded by mark_done (task -> array -> crc)
+        self._pending: dict[tuple[str, int, int, int], dict[str, int]] = {}
+        self._recorded: dict[tuple[str, str, int, int], np.ndarray] = {}
+        self._lock = threading.Lock()
+        self._has_checksums = "prompt_checksum" in self.root  # stores made before checksums: none
+        # Readers check every chunk they read whole (about 1 s per 2 GB hashed on one core);
+        # ``supergen.storage.verify-reads: false`` leaves it to resume and ``supergen verify``.
+        self.verify_reads = bool(dask.config.get("supergen.storage.verify-reads", True))
 
     @classmethod
     def open(cls, url: str, mode: str = "r+", storage_options: dict | None = None) -> RenderStore:
@@ -296,7 +417,90 @@ class RenderStore:
         ys, xs = slice(row * st.tile_h, (row + 1) * st.tile_h), slice(col * st.tile_w, (col + 1) * st.tile_w)
         lead = (() if step is None else (st.step_index(step),)) + tuple(sub)
         middle = (slice(None),) * (a.ndim - len(lead) - 2)
-        a[lead + middle + (ys, xs)] = np.ascontiguousarray(data)
+        data = np.ascontiguousarray(data, dtype=a.dtype)
+        a[lead + middle + (ys, xs)] = data
+        if not self._has_checksums or sub:  # guidance branch outputs are intermediate: unchecked
+            return
+        crc = crc32(data)
+        if step is None:  # a stage input: its task marker vouches for it, record now
+            self.array(f"{stage}/start_checksums")[row, col, start_arrays(st).index(name)] = crc
+        else:  # recorded with the tile's done marker (one small write per tile)
+            with self._lock:
+                self._pending.setdefault((stage, step, row, col), {})[name] = crc
+
+    # -- checksums ------------------------------------------------------------------------------
+    def recorded_checksums(
+        self, stage: str, name: str, step: int | None, rows: Sequence[int], cols: Sequence[int]
+    ) -> dict[tuple[int, int], int]:
+        """Recorded CRC-32 of the chunks of tiles ``rows x cols`` (``-1``: nothing recorded)."""
+        st = self.stage(stage)
+        if not self._has_checksums:
+            return {(r, c): NOT_RECORDED for r in rows for c in cols}
+        if step is None:
+            path, j, lead = f"{stage}/start_checksums", start_arrays(st).index(name), ()
+        else:
+            path, j, lead = f"{stage}/checksums", checked_arrays(st).index(name), (st.step_index(step),)
+        key0 = (path, lead[0] if lead else -1)
+        out: dict[tuple[int, int], int] = {}
+        missing = []
+        for r in rows:
+            for c in cols:
+                hit = self._recorded.get((*key0, r, c))
+                if hit is None:
+                    missing.append((r, c))
+                else:
+                    out[(r, c)] = int(hit[j])
+        if missing:
+            rs = sorted({r for r, _ in missing})
+            cs = sorted({c for _, c in missing})
+            table = self.array(path).get_orthogonal_selection(lead + (rs, cs, slice(None)))
+            for ri, r in enumerate(rs):
+                for ci, c in enumerate(cs):
+                    values = np.asarray(table[ri, ci])
+                    if (values != NOT_RECORDED).all():  # complete rows never change: cache them
+                        self._recorded[(*key0, r, c)] = values
+                    out[(r, c)] = int(values[j])
+        return out
+
+    def read_tile(self, stage: str, name: str, step: int | None, row: int, col: int) -> np.ndarray:
+        """The chunk of tile (row, col) of ``step``'s grid, checked against its recorded checksum.
+
+        Raises
+        ------
+        ChunkCorruptError
+            If the chunk cannot be read or does not match what its writer recorded.
+        """
+        return self._read_tiles(stage, name, step, [row], [col])[(row, col)]
+
+    def _read_tiles(
+        self, stage: str, name: str, step: int | None, rows: Sequence[int], cols: Sequence[int]
+    ) -> dict[tuple[int, int], np.ndarray]:
+        st = self.stage(stage)
+        a = self.array(f"{stage}/{name}")
+        lead = () if step is None else (st.step_index(step),)
+        middle = (slice(None),) * (a.ndim - len(lead) - 2)
+        expected = self.recorded_checksums(stage, name, step, rows, cols)
+        out = {}
+        for r in dict.fromkeys(rows):
+            for c in dict.fromkeys(cols):
+                where = f"{stage}/{name} " + ("" if step is None else f"step {step} ") + f"tile ({r}, {c})"
+                sel = (
+                    lead
+                    + middle
+                    + (
+                        slice(r * st.tile_h, (r + 1) * st.tile_h),
+                        slice(c * st.tile_w, (c + 1) * st.tile_w),
+                    )
+                )
+                try:
+                    block = a[sel]
+                except Exception as exc:  # an undecodable or truncated chunk
+                    raise ChunkCorruptError(where, f"unreadable ({type(exc).__name__}: {exc})") from exc
+                want = expected[(r, c)]
+                if want != NOT_RECORDED and crc32(block) != want:
+                    raise ChunkCorruptError(where, "checksum mismatch (changed or missing on disk)")
+                out[(r, c)] = block
+        return out
 
     def read_region(
         self,
@@ -308,21 +512,57 @@ class RenderStore:
         h: int,
         w: int,
         sub: tuple[int, ...] = (),
+        verify: str | tuple[int, int] | None = "all",
     ) -> np.ndarray:
-        """Read a window of the canvas (wrapping at the edges) from a step's rolled array."""
+        """Read a window of the canvas (wrapping at the edges) from a step's rolled array.
+
+        ``verify`` says which chunks under the window are checked against their recorded
+        checksums (``ChunkCorruptError`` on a mismatch): ``"all"`` (read whole), a tile
+        ``(row, col)`` (that chunk only: a tile task checks the chunk of its own index, which the
+        same tile of the next step always overlaps, so every chunk is checked once and not four
+        times), or ``None``. Chunks without a recorded checksum (unfinished) are never checked.
+        """
         st = self.stage(stage)
         a = self.array(f"{stage}/{name}")
         oy, ox = st.offset_of(step)
+        sy, sx = (y0 - oy) % st.canvas_h, (x0 - ox) % st.canvas_w
+        rows = [(sy // st.tile_h + i) % st.rows for i in range(-(-(sy % st.tile_h + h) // st.tile_h))]
+        cols = [(sx // st.tile_w + i) % st.cols for i in range(-(-(sx % st.tile_w + w) // st.tile_w))]
+        # sub-indexed arrays (guidance branch outputs) are intermediate and carry no checksums
+        check = self._has_checksums and self.verify_reads and verify is not None and not sub
+        recorded = self.recorded_checksums(stage, name, step, rows, cols) if check else {}
+        check = check and any(v != NOT_RECORDED for v in recorded.values())
+        if check and (verify == "all" or tuple(verify) not in recorded):
+            tiles = self._read_tiles(stage, name, step, rows, cols)
+            mosaic = np.concatenate(
+                [np.concatenate([tiles[(r, c)] for c in cols], axis=-1) for r in rows], axis=-2
+            )
+            ty, tx = sy % st.tile_h, sx % st.tile_w
+            return np.ascontiguousarray(mosaic[..., ty : ty + h, tx : tx + w])
+        if check:
+            self._read_tiles(stage, name, step, [verify[0]], [verify[1]])
+        where = (
+            f"{stage}/{name} " + ("" if step is None else f"step {step} ") + f"window ({y0}, {x0}, {h}, {w})"
+        )
         lead = (() if step is None else (st.step_index(step),)) + tuple(sub)
         middle = (slice(None),) * (a.ndim - len(lead) - 2)
-        rows = []
-        for ya, yn in _pieces(y0 - oy, h, st.canvas_h):
-            cols = [
-                a[lead + middle + (slice(ya, ya + yn), slice(xa, xa + xn))]
-                for xa, xn in _pieces(x0 - ox, w, st.canvas_w)
-            ]
-            rows.append(cols[0] if len(cols) == 1 else np.concatenate(cols, axis=-1))
-        return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=-2)
+        pieces = []
+        try:
+            for ya, yn in _pieces(y0 - oy, h, st.canvas_h):
+                part = [
+                    a[lead + middle + (slice(ya, ya + yn), slice(xa, xa + xn))]
+                    for xa, xn in _pieces(x0 - ox, w, st.canvas_w)
+                ]
+                pieces.append(part[0] if len(part) == 1 else np.concatenate(part, axis=-1))
+        except Exception as exc:  # an undecodable or truncated chunk
+            raise ChunkCorruptError(where, f"unreadable ({type(exc).__name__}: {exc})") from exc
+        out = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=-2)
+        if check and name in ("latents", "start", "anchor") and not np.isfinite(out).all():
+            # finished latents are always finite (tasks check): a chunk here went missing
+            raise ChunkCorruptError(
+                where, "non-finite values where finished latents are (a chunk is missing)"
+            )
+        return out
 
     def read_canvas(self, stage: str, name: str, step: int | None) -> np.ndarray:
         """The whole (padded) canvas of a step, un-rolled."""
@@ -341,9 +581,23 @@ class RenderStore:
         if unknown:
             raise KeyError(f"unknown stat fields {sorted(unknown)}; allowed: {STAT_FIELDS}")
         row_values = np.array([stats.get(f, np.nan) for f in STAT_FIELDS], dtype=np.float64)
+        if self._has_checksums:
+            with self._lock:
+                pending = self._pending.pop((stage, step, row, col), {})
+            sums = np.array([pending.get(n, NOT_RECORDED) for n in checked_arrays(st)], dtype=np.int64)
+            self.array(f"{stage}/checksums")[i, row, col, :] = sums
         table = self.array(f"{stage}/tile_stats")
         table[i, row, col, :] = row_values[: table.shape[-1]]
         self.array(f"{stage}/done")[i, row, col] = 1
+
+    def clear_done(self, stage: str, step: int, row: int, col: int) -> None:
+        """Forget that a tile is finished (its chunk was found corrupt): the next run recomputes it."""
+        st = self.stage(stage)
+        i = st.step_index(step)
+        self.array(f"{stage}/done")[i, row, col] = 0
+        with self._lock:
+            for key in [k for k in self._recorded if k[1] == i and k[2:] == (row, col)]:
+                self._recorded.pop(key, None)
 
     def done_mask(self, stage: str) -> np.ndarray:
         """``(steps, rows, cols)`` booleans: which tiles are finished."""
@@ -365,6 +619,10 @@ class RenderStore:
 
     def mark_task_done(self, task: str) -> None:
         self.array("task_done")[self.task_index(task)] = 1
+
+    def clear_task_done(self, task: str) -> None:
+        """Forget that a one-off task is finished: the next run redoes it."""
+        self.array("task_done")[self.task_index(task)] = 0
 
     def tasks_done(self) -> dict[str, bool]:
         flags = self.array("task_done")[...]
@@ -402,16 +660,35 @@ class RenderStore:
         base = self.root.store_path.path
         for prefix in prefixes:
             sync(store.delete_dir(f"{base}/{prefix}" if base else prefix))
+        if self._has_checksums:  # what was deleted has no checksum to fail any more
+            for st in self.layout.stages:
+                sums = f"{st.name}/checksums"
+                for i in range(len(st.steps) - 1):
+                    sync(store.delete_dir(f"{base}/{sums}/c/{i}" if base else f"{sums}/c/{i}"))
+                if st.state_slots:
+                    self.array(sums)[len(st.steps) - 1, :, :, 1:] = NOT_RECORDED
+            with self._lock:
+                self._recorded.clear()
         self.update_attrs(pruned=True)
         return len(prefixes)
 
     # -- prompt embeddings ----------------------------------------------------------------------
     def write_prompt_embeds(self, negative: np.ndarray, positive: np.ndarray) -> None:
-        self.array("prompt_embeds")[...] = np.stack([negative, positive]).astype(np.float32)
+        data = np.stack([negative, positive]).astype(np.float32)
+        self.array("prompt_embeds")[...] = data
+        if self._has_checksums:
+            self.array("prompt_checksum")[0] = crc32(data)
 
     def read_prompt_embeds(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(negative, positive)``, each ``(tokens, dim)``."""
-        a = self.array("prompt_embeds")[...]
+        """``(negative, positive)``, each ``(tokens, dim)``, checked against the recorded checksum."""
+        try:
+            a = self.array("prompt_embeds")[...]
+        except Exception as exc:
+            raise ChunkCorruptError("prompt_embeds", f"unreadable ({type(exc).__name__}: {exc})") from exc
+        if self._has_checksums:
+            want = int(self.array("prompt_checksum")[0])
+            if want != NOT_RECORDED and crc32(a) != want:
+                raise ChunkCorruptError("prompt_embeds", "checksum mismatch (changed or missing on disk)")
         return a[0], a[1]
 
     # -- pixels ---------------------------------------------------------------------------------
@@ -422,7 +699,41 @@ class RenderStore:
         return self.array("sketch_pixels")[...]
 
     def write_region_pixels(self, region: DecodeRegion, video: np.ndarray) -> None:
-        self.array(f"decoded/{region.name}")[...] = video
+        a = self.array(f"decoded/{region.name}")
+        video = np.ascontiguousarray(video, dtype=a.dtype)
+        a[...] = video
+        if self._has_checksums:
+            fpc = self.layout.decode.frames_per_chunk
+            sums = [crc32(video[s : s + fpc]) for s in range(0, len(video), fpc)]
+            self.array("decoded/checksums")[self._region_index(region), :] = np.asarray(sums, np.int64)
+
+    def _region_index(self, region: DecodeRegion) -> int:
+        return [r.name for r in self.layout.decode.regions].index(region.name)
+
+    def read_region_pixels(self, region: DecodeRegion, frames: slice | None = None) -> np.ndarray:
+        """Decoded pixels of one region (``frames`` in whole frame chunks are checked against their
+        recorded checksums; ``ChunkCorruptError`` if one differs or cannot be read)."""
+        d = self.layout.decode
+        a = self.array(f"decoded/{region.name}")
+        start, stop, _ = (frames or slice(None)).indices(d.frames)
+        where = f"decoded/{region.name} frames {start}..{stop - 1}"
+        try:
+            pix = a[start:stop]
+        except Exception as exc:
+            raise ChunkCorruptError(where, f"unreadable ({type(exc).__name__}: {exc})") from exc
+        if self._has_checksums:
+            fpc = d.frames_per_chunk
+            sums = self.array("decoded/checksums")[self._region_index(region)]
+            for j, want in enumerate(np.asarray(sums)):
+                s0, s1 = j * fpc, min(d.frames, (j + 1) * fpc)
+                if want == NOT_RECORDED or s0 < start or s1 > stop:
+                    continue
+                if crc32(pix[s0 - start : s1 - start]) != int(want):
+                    raise ChunkCorruptError(
+                        f"decoded/{region.name} frames {s0}..{s1 - 1}",
+                        "checksum mismatch (changed or missing on disk)",
+                    )
+        return pix
 
     def decoded_frames(self, frames: Sequence[int] | slice | None = None) -> np.ndarray:
         """Blend the decoded regions into whole frames ``(F, H, W, 3)`` uint8 (valid area only)."""
@@ -435,9 +746,12 @@ class RenderStore:
             wy, wx = _blend_weights(reg, d)
             y0, x0, wh, ww = (v * d.scale for v in reg.window)
             weight = wy[:, None] * wx[None, :]
-            pix = self.array(f"decoded/{reg.name}").get_orthogonal_selection(
-                (index, slice(None), slice(None), slice(None))
-            )
+            if len(index) and np.array_equal(index, np.arange(index[0], index[-1] + 1)):
+                pix = self.read_region_pixels(reg, slice(int(index[0]), int(index[-1]) + 1))
+            else:
+                pix = self.array(f"decoded/{reg.name}").get_orthogonal_selection(
+                    (index, slice(None), slice(None), slice(None))
+                )
             acc[:, y0 : y0 + wh, x0 : x0 + ww] += pix.astype(np.float32) * weight[None, :, :, None]
             wsum[y0 : y0 + wh, x0 : x0 + ww] += weight
         if np.any(wsum <= 0):

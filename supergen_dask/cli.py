@@ -4,18 +4,28 @@ supergen render --prompt "a red circle moving right"      # defaults run on a la
 supergen render --spec nightly.yaml --output-dir renders/x
 supergen resume renders/a-red-circle-moving-right-1234abcd
 supergen info renders/a-red-circle-moving-right-1234abcd
+supergen verify renders/a-red-circle-moving-right-1234abcd
 supergen models
+
+Exit codes: 0 done; 1 the render (or a check of it) failed, finished work is kept and
+``supergen resume`` continues it; 2 bad input (spec, file, option, model directory, output
+directory, cluster address), nothing written; 130 interrupted. Errors are one line ``error: ...``;
+``--verbose`` adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "build_parser", "spec_from_args"]
+__all__ = ["main", "build_parser", "spec_from_args", "EXIT_FAILED", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED"]
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
@@ -33,6 +43,11 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
         help="run local CPU workers as threads of this process instead of processes",
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_verbose(p)
+
+
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true", help="show the traceback of an error")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--crf", type=int, help="H.264 quality (0-51, default 18)")
     r.add_argument("--output-dir", help="render directory (default: <store-root>/<prompt>-<spec hash>)")
     r.add_argument("--overwrite", action="store_true", help="replace a different render in --output-dir")
+    r.add_argument(
+        "--dry-run", action="store_true", help="print the plan and its cost estimate; write and run nothing"
+    )
+    r.add_argument(
+        "--force",
+        action="store_true",
+        help="render even if the estimate is over a limit (supergen.limits.*)",
+    )
     _add_cluster_args(r)
 
     s = sub.add_parser("resume", help="continue an interrupted render from its done markers")
@@ -72,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="plan and progress of a render directory")
     i.add_argument("render_dir")
+    _add_verbose(i)
+
+    v = sub.add_parser("verify", help="check every finished chunk of a render against its checksum")
+    v.add_argument("render_dir")
+    v.add_argument(
+        "--repair",
+        action="store_true",
+        help="clear the done markers of damaged work, so that `supergen resume` recomputes it",
+    )
+    _add_verbose(v)
 
     e = sub.add_parser(
         "evaluate", help="quality table (seams, duplicates, detail, flicker) over prompts and settings"
@@ -102,28 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_cluster_args(e)
 
-    sub.add_parser("models", help="list the built-in models and the model families with their defaults")
+    _add_verbose(
+        sub.add_parser("models", help="list the built-in models and the model families with their defaults")
+    )
     return parser
 
 
-def _load_spec_file(path: str) -> dict[str, Any]:
-    text = Path(path).read_text()
-    if path.endswith((".yaml", ".yml")):
-        import yaml
-
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a spec file must hold a mapping of fields")
-    return data
+def _merged(data: dict[str, Any], name: str, changes: dict[str, Any]) -> None:
+    """Apply command-line ``changes`` to the ``name`` settings of a spec file's fields. A value
+    that is not a mapping is left for the spec's own validation to name."""
+    current = data.get(name)
+    if not changes or (current is not None and not isinstance(current, dict)):
+        return
+    data[name] = {**(current or {}), **changes}
 
 
 def spec_from_args(args: argparse.Namespace):
     """A ``RenderSpec`` from parsed ``render`` arguments (and an optional spec file)."""
-    from supergen_dask.spec import RenderSpec, SpecError
+    from supergen_dask.spec import RenderSpec, SpecError, load_spec_file
 
-    data: dict[str, Any] = _load_spec_file(args.spec) if args.spec else {}
+    data: dict[str, Any] = load_spec_file(args.spec) if args.spec else {}
     for name in (
         "prompt",
         "negative_prompt",
@@ -143,22 +174,20 @@ def spec_from_args(args: argparse.Namespace):
         value = getattr(args, name)
         if value is not None:
             data[name] = value
-    shift = dict(data.get("shift") or {})
+    shift: dict[str, Any] = {}
     if args.no_shift:
         shift["enabled"] = False
     if args.shift_divisions is not None:
         shift["divisions"] = args.shift_divisions
     if args.shift_every is not None:
         shift["every"] = args.shift_every
-    if shift:
-        data["shift"] = shift
-    output = dict(data.get("output") or {})
+    _merged(data, "shift", shift)
+    output: dict[str, Any] = {}
     if args.lossless:
         output["codec"] = "lossless"
     if args.crf is not None:
         output["crf"] = args.crf
-    if output:
-        data["output"] = output
+    _merged(data, "output", output)
     if "prompt" not in data:
         raise SpecError("prompt", "is required (--prompt or a spec file)")
     return RenderSpec.from_dict(data)
@@ -235,65 +264,165 @@ def _evaluate(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _check_cluster_args(args) -> None:
+    """Cluster options that could never start a worker are bad input, refused before any work."""
+    for option, value in (("--workers", args.workers), ("--workers-per-gpu", args.workers_per_gpu)):
+        if value is not None and value < 1:
+            raise ValueError(f"{option} must be >= 1, got {value}")
+    if args.address is not None and not args.address.strip():
+        raise ValueError("--address must name a scheduler (tcp://host:8786)")
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())
+
+
+def _classify(exc: BaseException, render_dir: Path | None, started: bool) -> tuple[int, str]:
+    """Exit code and one-line message for an exception that ended a command."""
+    from storage import RenderExistsError
+    from supergen_dask.cluster import ClusterError
+    from supergen_dask.estimate import LimitError
+    from supergen_dask.graph import RenderError
     from supergen_dask.spec import SpecError
 
+    resume = f"; finished work is kept, resume with `supergen resume {render_dir}`" if render_dir else ""
+    if isinstance(exc, SpecError):
+        return EXIT_BAD_INPUT, f"invalid spec: {exc}"
+    if isinstance(exc, RenderError):
+        return EXIT_FAILED, f"render failed: {exc}"
+    if isinstance(exc, LimitError | ClusterError | RenderExistsError):
+        return EXIT_BAD_INPUT, str(exc)
+    if not started and isinstance(exc, ValueError | FileNotFoundError | FileExistsError):
+        return EXIT_BAD_INPUT, str(exc)
+    if isinstance(exc, OSError):
+        what = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+        if not started:
+            return EXIT_BAD_INPUT, what
+        return EXIT_FAILED, f"render failed: {what}{resume}"
+    return EXIT_FAILED, f"{type(exc).__name__}: {exc}{resume if started else ''}"
+
+
+def _mark_dead_sessions(render_dir: Path) -> None:
+    """Under the directory's lock no other run is alive: sessions still ``running`` were killed."""
+    from storage import RenderStore
+    from supergen_dask.dirlock import mark_dead_sessions
+    from supergen_dask.graph import STORE_NAME
+
     try:
-        if args.command == "models":
-            from pipelines import available_models, families, model_info
+        store = RenderStore.open(str(render_dir / STORE_NAME))
+    except (FileNotFoundError, ValueError, KeyError):
+        return  # a new render, or not ours: run_render says which
+    mark_dead_sessions(store)
 
-            for name in available_models():
-                info = model_info(name)
-                print(
-                    f"{name}: native {info.native_width}x{info.native_height}, {info.native_frames} frames - {info.description}"
-                )
-            print("\nfamilies (--model /path/to/diffusers-directory; defaults a spec may override):")
-            for name, d in families().items():
-                note = f"; {d.guidance_note}" if d.guidance_note else ""
-                print(
-                    f"{name}: {'/'.join(d.pipelines)}; native {d.native_width}x{d.native_height}, "
-                    f"{d.native_frames} frames at {d.fps} fps (frames {d.frame_rule()}), {d.default_steps} steps, "
-                    f"guidance {d.default_guidance:g}, k {d.default_refine_fraction:g}*steps{note}"
-                )
-            return 0
-        if args.command == "info":
-            from supergen_dask.graph import describe, dumps
 
-            print(dumps(describe(args.render_dir)))
-            return 0
+def _verify(render_dir: str, repair: bool) -> int:
+    from storage import RenderStore
+    from supergen_dask.graph import STORE_NAME, VIDEO_NAME
+    from supergen_dask.integrity import repair_store, verify_render
 
-        from supergen_dask.cluster import client_for
-        from supergen_dask.graph import default_render_dir, load_plan, run_render
-        from supergen_dask.plan import plan_render
+    report = verify_render(render_dir)
+    for problem in report.problems:
+        print(f"corrupt: {problem}")
+    print(report.summary())
+    if repair and not report.ok:
+        from supergen_dask.plan import RenderPlan
 
-        if args.command == "evaluate":
-            return _evaluate(args)
+        store = RenderStore.open(str(Path(render_dir) / STORE_NAME))
+        plan = RenderPlan.from_dict(store.attrs["plan"])
+        repair_store(plan, store, (Path(render_dir) / VIDEO_NAME).exists(), full=True)
+        print(f"repaired markers; recompute with: supergen resume {render_dir}")
+    return 0 if report.ok else EXIT_FAILED
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    where: dict[str, Any] = {"render_dir": None, "started": False}
+    try:
+        return _main(args, where)
+    except KeyboardInterrupt:
+        if where["render_dir"] is not None:
+            print(
+                f"\ninterrupted; finished tiles are kept: supergen resume {where['render_dir']}",
+                file=sys.stderr,
+            )
+        else:
+            print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        code, message = _classify(exc, where["render_dir"] if where["started"] else None, where["started"])
+        print(f"error: {_one_line(message)}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        return code
+
+
+def _main(args: argparse.Namespace, where: dict[str, Any]) -> int:
+    if args.command == "models":
+        from pipelines import available_models, families, model_info
+
+        for name in available_models():
+            info = model_info(name)
+            print(
+                f"{name}: native {info.native_width}x{info.native_height}, {info.native_frames} frames - {info.description}"
+            )
+        print("\nfamilies (--model /path/to/diffusers-directory; defaults a spec may override):")
+        for name, d in families().items():
+            note = f"; {d.guidance_note}" if d.guidance_note else ""
+            print(
+                f"{name}: {'/'.join(d.pipelines)}; native {d.native_width}x{d.native_height}, "
+                f"{d.native_frames} frames at {d.fps} fps (frames {d.frame_rule()}), {d.default_steps} steps, "
+                f"guidance {d.default_guidance:g}, k {d.default_refine_fraction:g}*steps{note}"
+            )
+        return 0
+    if args.command == "info":
+        from supergen_dask.graph import describe, dumps
+
+        print(dumps(describe(args.render_dir)))
+        return 0
+    if args.command == "verify":
+        return _verify(args.render_dir, args.repair)
+
+    import dask.config
+
+    from supergen_dask.cluster import client_for
+    from supergen_dask.dirlock import render_dir_lock
+    from supergen_dask.estimate import check_disk
+    from supergen_dask.graph import default_render_dir, load_plan, run_render
+    from supergen_dask.plan import plan_render
+    from supergen_dask.preflight import check_output_dir
+
+    _check_cluster_args(args)
+    if args.command == "evaluate":
+        return _evaluate(args)
+
+    force = getattr(args, "force", False)
+    with dask.config.set({"supergen.limits.enabled": False} if force else {}):
         if args.command == "render":
             plan = plan_render(spec_from_args(args))  # every check happens here, before any write
             render_dir = Path(args.output_dir) if args.output_dir else default_render_dir(plan)
             overwrite = args.overwrite
+            if args.dry_run:
+                print(plan.summary())
+                print(f"render directory: {render_dir}")
+                return 0
         else:
             render_dir = Path(args.render_dir)
             plan = load_plan(render_dir)
             overwrite = False
+        check_output_dir(render_dir)
+        check_disk(plan, render_dir)
+    where["render_dir"] = render_dir
+    with (
+        client_for(None, **_cluster_kwargs(args)) as client,  # first: a dead address is one line
+        render_dir_lock(render_dir),  # a second run on the directory waits, then finds the work done
+    ):
         print(plan.summary(), file=sys.stderr)
         print(f"render directory: {render_dir}", file=sys.stderr)
-        with client_for(None, **_cluster_kwargs(args)) as client:
-            result = run_render(plan, render_dir, client, progress=not args.no_progress, overwrite=overwrite)
-        _print_result(result)
-        return 0
-    except SpecError as exc:
-        print(f"error: invalid spec: {exc}", file=sys.stderr)
-        return 2
-    except (FileExistsError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        where = getattr(args, "render_dir", None) or "<render dir>"
-        print(f"\ninterrupted; finished tiles are kept: supergen resume {where}", file=sys.stderr)
-        return 130
+        where["started"] = True
+        _mark_dead_sessions(render_dir)
+        result = run_render(plan, render_dir, client, progress=not args.no_progress, overwrite=overwrite)
+    _print_result(result)
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,11 +12,46 @@ import copy
 import os
 from collections.abc import Iterator
 
+import dask.utils
 from distributed import Client, LocalCluster
 
 from supergen_dask import config
 
-__all__ = ["gpu_count", "make_cluster", "client_for", "visible_devices_for"]
+__all__ = [
+    "ClusterError",
+    "gpu_count",
+    "check_cluster_options",
+    "make_cluster",
+    "client_for",
+    "visible_devices_for",
+]
+
+
+class ClusterError(OSError):
+    """The cluster asked for cannot be had: bad options, or a scheduler that does not answer."""
+
+
+def check_cluster_options(n_workers: int | None = None, workers_per_gpu: int | None = None) -> None:
+    """Raise ``ValueError`` naming the option when a local cluster could never start a worker
+    (zero workers would wait for one forever)."""
+    for name, value in (("n_workers", n_workers), ("workers_per_gpu", workers_per_gpu)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def connect(address: str, timeout: float | None = None) -> Client:
+    """A client of the scheduler at ``address``; ``ClusterError`` naming it if it does not answer
+    within ``timeout`` seconds (default ``supergen.cluster.connect-timeout``)."""
+    if timeout is None:
+        timeout = dask.utils.parse_timedelta(config.get("cluster.connect-timeout") or "10s")
+    try:
+        return Client(address, timeout=timeout)
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        waited = isinstance(exc, TimeoutError) or "Timed out" in str(exc)
+        why = f"no answer within {timeout:g} s (supergen.cluster.connect-timeout)" if waited else str(exc)
+        raise ClusterError(f"cannot connect to the Dask scheduler at {address}: {why}") from None
 
 
 def gpu_count() -> int:
@@ -43,6 +78,7 @@ def make_cluster(
     per GPU, each pinned to its card through ``CUDA_VISIBLE_DEVICES``. Without GPUs:
     ``n_workers`` single-threaded CPU workers.
     """
+    check_cluster_options(n_workers, workers_per_gpu)
     dashboard = config.get("cluster.dashboard-address")
     # Every HTTP endpoint on localhost: the scheduler serves health routes even without a
     # dashboard (on all interfaces, port 8787, unless told otherwise), and so do workers.
@@ -129,9 +165,10 @@ def client_for(
         return
     address = address or config.get("cluster.address")
     if address:
-        with Client(address) as c:
+        with connect(address) as c:
             yield c
         return
+    check_cluster_options(n_workers, workers_per_gpu)
     with (
         make_cluster(n_workers=n_workers, processes=processes, workers_per_gpu=workers_per_gpu) as cluster,
         Client(cluster) as c,

@@ -140,6 +140,9 @@ def prepare_store(plan: RenderPlan, render_dir: Path, overwrite: bool = False) -
         except (FileNotFoundError, ValueError, KeyError):
             store, existing = None, None
         if existing == plan.token and store is not None:
+            from supergen_dask.integrity import repair_store
+
+            repair_store(plan, store, video_exists=(render_dir / VIDEO_NAME).exists())  # redo damaged work
             return store
         if not overwrite:
             raise RenderExistsError(
@@ -203,6 +206,10 @@ class _Graph:
         a future per tile of its first step (``(row, col) -> future``)."""
         st = self.plan.stage(name)
         done = self.store.done_mask(name)
+        # resuming, a tile whose neighbours are done may still need a prompt or stage input that is
+        # being redone (a damaged chunk, supergen_dask.integrity): wait for those too
+        starts = list(entry.values()) if isinstance(entry, dict) else [entry]
+        redo = [*starts, prompt] if done.any() else []
         for i, step in enumerate(st.steps):
             for key in st.keys(step):
                 if done[i, key.row, key.col]:
@@ -211,7 +218,7 @@ class _Graph:
                     start = entry.get((key.row, key.col)) if isinstance(entry, dict) else entry
                     deps = [start, prompt]
                 else:
-                    deps = [self.tiles.get(d) for d in st.dependencies(key)]
+                    deps = [self.tiles.get(d) for d in st.dependencies(key)] + redo
                 priority = self.total_steps - step
                 if st.split_guidance:
                     self._split_step(st, key, deps, priority)

@@ -211,6 +211,13 @@ class RenderPlan:
     def n_tile_tasks(self) -> int:
         return sum(len(s.steps) * s.grid.n_tiles for s in self.stages)
 
+    def estimate(self):
+        """What this plan costs: tile tasks, store bytes, peak worker memory
+        (``supergen_dask.estimate.RenderEstimate``)."""
+        from supergen_dask.estimate import estimate_plan
+
+        return estimate_plan(self)
+
     def layout(self) -> RenderLayout:
         slots = self.state_slots
         dtype = self.spec.output.store_dtype
@@ -250,7 +257,7 @@ class RenderPlan:
             f"{g.tile_w * f}x{g.tile_h * f} px tiles (canvas {g.canvas_w * f}x{g.canvas_h * f}, "
             f"shift {self.refine.shift.stride_x}x{self.refine.shift.stride_y} latent px every {self.refine.shift.every})"
         )
-        lines.append(f"{self.n_tile_tasks()} tile tasks")
+        lines.append(self.estimate().summary())
         return "\n".join(lines)
 
     # -- serialisation ----------------------------------------------------------------------------
@@ -311,7 +318,8 @@ def decode_regions(
 
 
 def plan_render(spec: RenderSpec) -> RenderPlan:
-    """Validate ``spec`` and derive the full plan. Raises ``SpecError`` naming the bad field."""
+    """Validate ``spec`` and derive the full plan. Raises ``SpecError`` naming the bad field, or
+    ``LimitError`` if the plan's estimate is over a ``supergen.limits`` setting."""
     spec = spec.resolved()
     info = spec.model_info()
     f, p = info.spatial_factor, info.patch_spatial
@@ -363,7 +371,7 @@ def plan_render(spec: RenderSpec) -> RenderPlan:
             split_guidance=spec.guidance_scale > 1.0 and bool(config.get("sketch.split-guidance")),
         )
 
-    return RenderPlan(
+    plan = RenderPlan(
         spec=spec,
         model=info,
         scheduler=ref,
@@ -376,6 +384,10 @@ def plan_render(spec: RenderSpec) -> RenderPlan:
         encode_segment_frames=int(config.get("encode.segment-frames")),
         quality_frames=quality_frames(spec.height, spec.width),
     )
+    from supergen_dask.estimate import check_limits
+
+    check_limits(plan)
+    return plan
 
 
 def quality_frames(height: int, width: int) -> int:

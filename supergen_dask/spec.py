@@ -12,12 +12,22 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from pipelines import ModelInfo, UnknownModelError, available_models, model_info
 from pipelines.schedulers import SCHEDULER_ALIASES
 
-__all__ = ["SpecError", "ShiftSettings", "CacheSettings", "AnchorSettings", "OutputSettings", "RenderSpec"]
+__all__ = [
+    "SpecError",
+    "SpecFileError",
+    "load_spec_file",
+    "ShiftSettings",
+    "CacheSettings",
+    "AnchorSettings",
+    "OutputSettings",
+    "RenderSpec",
+]
 
 DTYPES = ("float32", "bfloat16", "float16")
 STORE_DTYPES = ("float32", "float16")
@@ -31,6 +41,57 @@ class SpecError(ValueError):
     def __init__(self, field: str, message: str):
         self.field = field
         super().__init__(f"{field}: {message}")
+
+
+class SpecFileError(ValueError):
+    """A spec file that cannot be read or parsed; the message starts with its path."""
+
+
+def load_spec_file(path: str | Path) -> dict[str, Any]:
+    """The mapping of fields in a JSON or YAML (``.yaml``/``.yml``) spec file.
+
+    YAML is read with ``safe_load``, so tags that would build Python objects are refused.
+
+    Raises
+    ------
+    SpecFileError
+        If the file cannot be read, does not parse, or does not hold a mapping; the message names
+        the file (and the line, for parse errors).
+    """
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise SpecFileError(f"{name}: is a directory, not a spec file") from None
+    except FileNotFoundError:
+        raise SpecFileError(f"{name}: no such spec file") from None
+    except UnicodeDecodeError:
+        raise SpecFileError(f"{name}: not a UTF-8 text file") from None
+    except OSError as exc:
+        raise SpecFileError(f"{name}: cannot read the spec file ({exc.strerror or exc})") from None
+    if name.endswith((".yaml", ".yml")):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.MarkedYAMLError as exc:
+            where = f"line {exc.problem_mark.line + 1}: " if exc.problem_mark is not None else ""
+            problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
+            if isinstance(exc, yaml.constructor.ConstructorError):
+                problem = f"YAML tags are not allowed ({problem})"
+            raise SpecFileError(f"{name}: {where}{problem}") from None
+        except yaml.YAMLError as exc:
+            raise SpecFileError(f"{name}: invalid YAML ({' '.join(str(exc).split())})") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecFileError(
+                f"{name}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+            ) from None
+    if not isinstance(data, dict):
+        raise SpecFileError(f"{name}: a spec file must hold a mapping of fields, got {type(data).__name__}")
+    return data
 
 
 def _check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
@@ -63,7 +124,7 @@ def _from_mapping(cls, data: Any, prefix: str = ""):
     if not isinstance(data, dict):
         raise SpecError(prefix.rstrip(".") or cls.__name__, f"expected a mapping, got {type(data).__name__}")
     names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(str(k) for k in data if k not in names)
     if unknown:
         raise SpecError(f"{prefix}{unknown[0]}", f"unknown field; allowed: {sorted(names)}")
     return cls(**data)

@@ -17,7 +17,16 @@ import torch
 
 from pipelines.schedulers import SCHEDULER_STATE, SUPPORTED, make_scheduler
 
-__all__ = ["SchedulerRef", "state_slots", "RegionStep", "check_tileable", "renoise", "initial_noise_sigma"]
+__all__ = [
+    "SchedulerRef",
+    "state_slots",
+    "RegionStep",
+    "NonFiniteError",
+    "check_finite",
+    "check_tileable",
+    "renoise",
+    "initial_noise_sigma",
+]
 
 # Attributes holding per-element state between steps, per scheduler class (kept by the backends).
 _STATE_ATTRS: dict[str, dict[str, str]] = SCHEDULER_STATE
@@ -174,3 +183,22 @@ def renoise(ref: SchedulerRef, begin: int, clean: torch.Tensor, noise: torch.Ten
 def initial_noise_sigma(ref: SchedulerRef) -> float:
     """Scale of pure noise at the start of the schedule (``init_noise_sigma``)."""
     return float(getattr(ref.build(), "init_noise_sigma", 1.0))
+
+
+class NonFiniteError(FloatingPointError):
+    """A denoising step produced NaN or infinite latents; nothing of that tile is written."""
+
+
+def check_finite(latents: torch.Tensor, key, guidance_scale: float, dtype: str) -> None:
+    """Raise ``NonFiniteError`` naming the tile ``key`` (a ``TileKey``: stage, step, row, col)
+    unless every value of ``latents`` is finite.
+
+    One reduction on the tile, so a render stops at the first bad step instead of writing NaN
+    that every later step, the decode and the video inherit.
+    """
+    if bool(torch.isfinite(latents).all()):
+        return
+    raise NonFiniteError(
+        f"non-finite latents (NaN or inf) from {key.stage} step {key.step} tile ({key.row}, {key.col}) with guidance_scale {guidance_scale:g} and "
+        f"dtype {dtype}: lower guidance_scale, or compute in float32"
+    )

@@ -19,7 +19,7 @@ from supergen_dask import worker_models
 from supergen_dask.geometry import TileKey
 from supergen_dask.noise import position_noise, window_noise
 from supergen_dask.plan import RenderPlan, StagePlan
-from supergen_dask.stepping import RegionStep, initial_noise_sigma, renoise
+from supergen_dask.stepping import RegionStep, check_finite, initial_noise_sigma, renoise
 from supergen_dask.upscale import context_window, upscale_window
 
 __all__ = [
@@ -218,20 +218,22 @@ def _tile_input(store, plan: RenderPlan, key: TileKey, device, with_state: bool 
     y0, x0 = st.origin(key)
     first = key.step == st.first
     prev = None if first else key.step - 1
-    x = store.read_region(key.stage, "start" if first else "latents", prev, y0, x0, g.tile_h, g.tile_w)
+    own = (key.row, key.col)  # the one chunk of each array this task checks (store.read_region)
+    x = store.read_region(key.stage, "start" if first else "latents", prev, y0, x0, g.tile_h, g.tile_w, own)
     region = RegionStep(plan.scheduler, st.first, key.step)
     if with_state:
         state = {}
         for sname, slots in region.present().items():
             if slots:
-                arr = store.read_region(key.stage, f"state_{sname}", prev, y0, x0, g.tile_h, g.tile_w)
+                arr = store.read_region(key.stage, f"state_{sname}", prev, y0, x0, g.tile_h, g.tile_w, own)
                 state[sname] = {s: _to_model(arr[s], device) for s in slots}
         region.load(state)
     sample = _to_model(x, device)
     weight = plan.anchor_weight(key.step) if key.stage == "refine" else 0.0
     if weight > 0:
         # sketch anchoring: pull the tile toward the upscaled sketch re-noised to this step
-        clean = _to_model(store.read_region("refine", "anchor", None, y0, x0, g.tile_h, g.tile_w), device)
+        clean = store.read_region("refine", "anchor", None, y0, x0, g.tile_h, g.tile_w, own)
+        clean = _to_model(clean, device)
         eps = window_noise(
             plan.spec.seed,
             "refine",
@@ -309,6 +311,7 @@ def denoise_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, sessio
     else:
         noise_pred = backend.predict(model_in, t.expand(1), pos[None], offset)
     new, new_state = region.step(noise_pred.float(), sample)
+    check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype)
     _sync(device)
     t_fwd = time.perf_counter() - t_fwd0
     stats = {"t0": t0, "started": started, "read_seconds": t_read, "forward_seconds": t_fwd}
@@ -340,6 +343,7 @@ def _combined_step(store, plan: RenderPlan, key: TileKey, session: int, t0: floa
     t_read = time.perf_counter() - t_read0
     t_step0 = time.perf_counter()
     new, new_state = region.step(guided(uncond, cond, plan.spec.guidance_scale), sample)
+    check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype)
     stats = {"t0": t0, "started": started, "read_seconds": t_read}
     stats.update(forward_seconds=time.perf_counter() - t_step0, session=session, computed=1)
     return new, new_state, stats

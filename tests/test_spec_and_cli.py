@@ -7,6 +7,8 @@ import json
 import pytest
 import yaml
 from conftest import tiny_spec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from supergen_dask import RenderSpec, SpecError, plan_render
 from supergen_dask.cli import main
@@ -133,3 +135,56 @@ def test_cli_spec_file_with_overrides(tmp_path, capsys):
     assert (
         stored["seed"] == 11 and stored["shift"]["divisions"] == 4 and stored["prompt"].startswith("a cyan")
     )
+
+
+_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.integers(0, 40).map(lambda v: v * 8)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8)
+    | st.sampled_from(["toy-wan", "tiny-random-wan", "unipc", "float16", "fit", "lossless"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+_FIELDS = [
+    "prompt",
+    "negative_prompt",
+    "height",
+    "width",
+    "num_frames",
+    "num_inference_steps",
+    "refine_steps",
+    "guidance_scale",
+    "seed",
+    "model",
+    "scheduler",
+    "dtype",
+    "fps",
+    "tile_policy",
+    "sketch_height",
+    "sketch_width",
+    "shift",
+    "cache",
+    "anchor",
+    "output",
+    "image",
+    "colour",
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from(_FIELDS) | st.integers(0, 3), _VALUES, max_size=6))
+def test_spec_parser_accepts_or_names_a_field(changes):
+    """Whatever a spec file holds, parsing and planning either succeed or raise ``SpecError``
+    naming a field (or ``LimitError`` for a plan too big): never another exception."""
+    from supergen_dask.estimate import LimitError
+
+    data = {"prompt": "a red circle", "model": "tiny-random-wan", "num_inference_steps": 4, **changes}
+    try:
+        plan_render(RenderSpec.from_dict(data))
+    except SpecError as exc:
+        assert exc.field and str(exc).startswith(exc.field)
+    except LimitError as exc:
+        assert "supergen.limits" in str(exc)

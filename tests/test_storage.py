@@ -152,3 +152,88 @@ def test_prune_keeps_the_last_step_and_refuses_unfinished_renders(tmp_path):
     assert np.isnan(reopened.read_canvas("refine", "latents", 5)).all()
     assert np.isnan(reopened.array("refine/state_model_outputs")[...]).all()
     assert reopened.done_mask("refine").all()  # the record of the work stays
+
+
+def test_store_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    url = str(tmp_path / "s.zarr")
+
+    def killed(self):
+        raise KeyboardInterrupt  # a kill between the arrays and the identity attributes
+
+    with monkeypatch.context() as m:
+        m.setattr(RenderLayout, "to_dict", killed)
+        with pytest.raises(KeyboardInterrupt):
+            create_render_store(url, _layout(), {"spec": {}})
+    assert not (tmp_path / "s.zarr").exists()  # nothing half-made where the store belongs
+    with pytest.raises(FileNotFoundError):
+        RenderStore.open(url)
+    store = create_render_store(url, _layout(), {"spec": {"a": 1}})
+    assert RenderStore.open(url).attrs["spec"] == {"a": 1} and store.instance
+    with pytest.raises(RenderExistsError):
+        create_render_store(url, _layout(), {"spec": {}})
+
+
+def _finished_step(store, step, canvas):
+    _write_canvas(store, step, canvas)
+    st_ = store.stage("refine")
+    for r in range(st_.rows):
+        for c in range(st_.cols):
+            store.mark_done("refine", step, r, c, {})
+
+
+def test_readers_check_their_own_chunk_and_never_use_a_missing_one(tmp_path):
+    from storage import ChunkCorruptError
+
+    url = str(tmp_path / "s.zarr")
+    store = create_render_store(url, _layout(), {"spec": {}})
+    canvas = np.random.default_rng(1).standard_normal((2, 3, 16, 24)).astype(np.float32)
+    _finished_step(store, 5, canvas)
+    chunk = tmp_path / "s.zarr" / "refine" / "latents" / "c" / "1" / "0" / "0"
+    window = (5, 4, 7, 8, 8)  # covers chunks (0, 0), (0, 1), (1, 0), (1, 1) of step 5 (offset (3, 5))
+    np.testing.assert_array_equal(
+        store.read_region("refine", "latents", *window, (0, 0)), canvas[..., 4:12, 7:15]
+    )
+    raw = (chunk / "0" / "1").read_bytes()
+    (chunk / "0" / "1").write_bytes(raw[:100] + bytes(64) + raw[164:])
+    reader = RenderStore.open(url)
+    with pytest.raises(ChunkCorruptError, match=r"step 5 tile \(0, 1\): checksum"):
+        reader.read_region("refine", "latents", *window, (0, 1))  # its own chunk: checked
+    with pytest.raises(ChunkCorruptError, match=r"tile \(0, 1\)"):
+        reader.read_region("refine", "latents", *window)  # "all"
+    reader.read_region("refine", "latents", *window, (0, 0))  # a neighbour's chunk: its reader checks it
+    (chunk / "1" / "1").unlink()
+    with pytest.raises(ChunkCorruptError, match="missing"):
+        reader.read_region("refine", "latents", *window, (0, 0))  # but never uses a missing one
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 48).map(lambda v: v * 16),
+    st.integers(1, 48).map(lambda v: v * 16),
+    st.integers(1, 20),
+    st.integers(1, 16),
+    st.integers(1, 3),
+    st.sampled_from(["native", "fit"]),
+)
+def test_every_chunk_is_read_by_the_same_tile_of_the_next_step(
+    height, width, steps, divisions, every, policy
+):
+    """The rule that lets each tile task check only its own index's chunk: tile (r, c) of step s
+    always overlaps chunk (r, c) of step s - 1, so every finished chunk is checked by a reader."""
+    from conftest import tiny_spec
+
+    from supergen_dask import ShiftSettings, plan_render
+    from supergen_dask.geometry import TileKey
+
+    spec = tiny_spec(
+        height=height,
+        width=width,
+        num_inference_steps=steps,
+        refine_steps=steps,
+        tile_policy=policy,
+        shift=ShiftSettings(divisions=divisions, every=every),
+    )
+    stage = plan_render(spec).refine
+    for step in stage.steps[1:]:
+        for r, c in stage.grid.tiles():
+            assert TileKey("refine", step - 1, r, c) in stage.dependencies(TileKey("refine", step, r, c))
