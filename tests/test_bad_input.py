@@ -104,7 +104,7 @@ CASES = [
     ("no-component-configs", lambda t, m: _model_dir(t, m, lambda d: (d / "transformer" / "config.json").unlink()), ["config.json", "missing"]),
     ("config-garbage", lambda t, m: _model_dir(t, m, lambda d: (d / "vae" / "config.json").write_text("nope")), ["vae", "config.json"]),
     ("scheduler-config-list", lambda t, m: _model_dir(t, m, lambda d: (d / "scheduler" / "scheduler_config.json").write_text("[]")), ["scheduler_config.json"]),
-    ("pickle-only-weights", lambda t, m: _model_dir(t, m, _pickle_only), ["transformer", "pickle-only"]),
+    ("pickle-only-weights", lambda t, m: _model_dir(t, m, _pickle_only), ["transformer", "pickle weights"]),
     ("no-weights", lambda t, m: _model_dir(t, m, lambda d: (d / "vae" / "diffusion_pytorch_model.safetensors").unlink()), ["vae", "no safetensors"]),
     # output paths
     ("output-under-file", lambda t, m: _file_as_parent(t), ["afile", "not a directory"]),
@@ -185,7 +185,7 @@ def test_pickle_only_model_is_refused_at_planning(tmp_path, tiny_dir):
 
     d = _copy_model(tiny_dir, tmp_path / "m")
     _pickle_only(d)
-    with pytest.raises(sd.SpecError, match="pickle-only") as info:
+    with pytest.raises(sd.SpecError, match="pickle weights") as info:
         sd.plan_render(sd.RenderSpec(prompt="x", model=str(d)))
     assert info.value.field == "model"
     # the complete directory plans, and its estimate counts its weight files
