@@ -511,6 +511,7 @@ class RenderStore:
         x0: int,
         h: int,
         w: int,
+        *,
         sub: tuple[int, ...] = (),
         verify: str | tuple[int, int] | None = "all",
     ) -> np.ndarray:

@@ -219,20 +219,24 @@ def _tile_input(store, plan: RenderPlan, key: TileKey, device, with_state: bool 
     first = key.step == st.first
     prev = None if first else key.step - 1
     own = (key.row, key.col)  # the one chunk of each array this task checks (store.read_region)
-    x = store.read_region(key.stage, "start" if first else "latents", prev, y0, x0, g.tile_h, g.tile_w, own)
+    x = store.read_region(
+        key.stage, "start" if first else "latents", prev, y0, x0, g.tile_h, g.tile_w, verify=own
+    )
     region = RegionStep(plan.scheduler, st.first, key.step)
     if with_state:
         state = {}
         for sname, slots in region.present().items():
             if slots:
-                arr = store.read_region(key.stage, f"state_{sname}", prev, y0, x0, g.tile_h, g.tile_w, own)
+                arr = store.read_region(
+                    key.stage, f"state_{sname}", prev, y0, x0, g.tile_h, g.tile_w, verify=own
+                )
                 state[sname] = {s: _to_model(arr[s], device) for s in slots}
         region.load(state)
     sample = _to_model(x, device)
     weight = plan.anchor_weight(key.step) if key.stage == "refine" else 0.0
     if weight > 0:
         # sketch anchoring: pull the tile toward the upscaled sketch re-noised to this step
-        clean = store.read_region("refine", "anchor", None, y0, x0, g.tile_h, g.tile_w, own)
+        clean = store.read_region("refine", "anchor", None, y0, x0, g.tile_h, g.tile_w, verify=own)
         clean = _to_model(clean, device)
         eps = window_noise(
             plan.spec.seed,

@@ -191,19 +191,19 @@ def test_readers_check_their_own_chunk_and_never_use_a_missing_one(tmp_path):
     chunk = tmp_path / "s.zarr" / "refine" / "latents" / "c" / "1" / "0" / "0"
     window = (5, 4, 7, 8, 8)  # covers chunks (0, 0), (0, 1), (1, 0), (1, 1) of step 5 (offset (3, 5))
     np.testing.assert_array_equal(
-        store.read_region("refine", "latents", *window, (0, 0)), canvas[..., 4:12, 7:15]
+        store.read_region("refine", "latents", *window, verify=(0, 0)), canvas[..., 4:12, 7:15]
     )
     raw = (chunk / "0" / "1").read_bytes()
     (chunk / "0" / "1").write_bytes(raw[:100] + bytes(64) + raw[164:])
     reader = RenderStore.open(url)
     with pytest.raises(ChunkCorruptError, match=r"step 5 tile \(0, 1\): checksum"):
-        reader.read_region("refine", "latents", *window, (0, 1))  # its own chunk: checked
+        reader.read_region("refine", "latents", *window, verify=(0, 1))  # its own chunk: checked
     with pytest.raises(ChunkCorruptError, match=r"tile \(0, 1\)"):
         reader.read_region("refine", "latents", *window)  # "all"
-    reader.read_region("refine", "latents", *window, (0, 0))  # a neighbour's chunk: its reader checks it
+    reader.read_region("refine", "latents", *window, verify=(0, 0))  # a neighbour's chunk: its reader checks it
     (chunk / "1" / "1").unlink()
     with pytest.raises(ChunkCorruptError, match="missing"):
-        reader.read_region("refine", "latents", *window, (0, 0))  # but never uses a missing one
+        reader.read_region("refine", "latents", *window, verify=(0, 0))  # but never uses a missing one
 
 
 @settings(max_examples=60, deadline=None)
