@@ -166,14 +166,16 @@ def make_scheduler(class_name: str, config: dict[str, Any]):
 
     # diffusers imports its classes lazily on first attribute access; a thread doing that while
     # another thread of the worker imports diffusers' models saw a half-imported module ("unknown
-    # scheduler class" for UniPC) on a GPU worker: serialise, and look again before giving up
+    # scheduler class" for UniPC) on a GPU worker, still after 1.5 s of retries (the models'
+    # import takes longer): serialise, and look again until it is there or a minute has passed
     with _IMPORT_LOCK:
         cls = None
-        for attempt in range(5):
+        deadline = time.monotonic() + 60  # the other thread's import of diffusers' models
+        while True:
             cls = getattr(diffusers, class_name, None)
-            if cls is not None or class_name not in SUPPORTED:
+            if cls is not None or class_name not in SUPPORTED or time.monotonic() > deadline:
                 break
-            time.sleep(0.1 * (attempt + 1))
+            time.sleep(0.5)
     if cls is None and class_name == "FlowMatchSigmasScheduler":
         cls = __getattr__(class_name)
     if cls is None:

@@ -28,6 +28,15 @@ def _cards() -> list[str]:
         return []
 
 
+def _commit() -> str | None:
+    """The commit tested, where the checkout has its history (a copied tree may not)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="tests/gpu/last_result.json")
@@ -69,6 +78,7 @@ def main(argv=None) -> int:
             "cuda": torch.version.cuda,
             "python": platform.python_version(),
         },
+        "tree": _commit(),
         "exit_code": rc,
         "counts": counts,
         "tests": tests,

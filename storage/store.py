@@ -102,6 +102,7 @@ def layout_nbytes(layout: RenderLayout) -> dict[str, int]:
         n, tiles = len(st.steps), st.rows * st.cols
         out["latents"] += canvas * (_isize(st.dtype) * (n + 1) + (4 if st.anchor else 0))
         out["state"] += sum(slots for _, slots in st.state_slots) * n * canvas * 4
+        out["state"] += st.branches * n * canvas * 4  # guidance branch outputs (float32)
         k = len(checked_arrays(st))
         out["records"] += n * tiles * (1 + 8 * len(STAT_FIELDS) + 8 * k) + tiles * 8 * len(start_arrays(st))
         out["records"] += n * 16

@@ -98,6 +98,8 @@ def _store_parts(plan: RenderPlan) -> dict[str, int]:
         anchor = plan.anchored and st.name == "refine"
         parts["latents"] += canvas * (dtype * (n + 1) + (4 if anchor else 0))
         parts["state"] += sum(slots.values()) * n * canvas * 4
+        if st.split_guidance:  # each guidance branch's float32 output, every step
+            parts["state"] += 2 * n * canvas * 4
         parts["records"] += n * tiles * (1 + 8 * len(STAT_FIELDS) + 8 * k) + tiles * 8 * (2 if anchor else 1)
         parts["records"] += n * 16
     g, f, m = plan.refine.grid, plan.model.spatial_factor, plan.decode_margin
@@ -107,7 +109,11 @@ def _store_parts(plan: RenderPlan) -> dict[str, int]:
     parts["records"] += len(ys) * len(xs) * -(-frames // fpc) * 8
     if plan.sketch is not None:
         parts["pixels"] += frames * plan.sketch.grid.canvas_h * plan.sketch.grid.canvas_w * f * f * 3
-    n_tasks = 3 + (plan.sketch is not None) + len(ys) * len(xs)  # plan.tasks
+    # plan.tasks: prompt, stage init, encode, decode regions, mp4 segments; upscale and one start
+    # per refinement tile with a sketch
+    n_tasks = 3 + len(ys) * len(xs) + len(plan.encode_segments())
+    if plan.sketch is not None:
+        n_tasks += 1 + g.n_tiles
     parts["records"] += 2 * plan.model.text_tokens * plan.model.text_embed_dim * 4 + 8 + n_tasks
     return parts
 

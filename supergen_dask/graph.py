@@ -174,6 +174,7 @@ class _Graph:
         self.futures: list[Future] = []
         self.tiles: dict[TileKey, Future] = {}
         self.branches: dict[TileKey, list[Future]] = {}
+        self.warmed: list[Future] = []
         self.retries = int(config.get("tasks.retries") or 0)
         self.total_steps = plan.spec.num_inference_steps
 
@@ -217,6 +218,9 @@ class _Graph:
                 if step == st.first:
                     start = entry.get((key.row, key.col)) if isinstance(entry, dict) else entry
                     deps = [start, prompt]
+                    if st is self.plan.stages[0]:
+                        # a first forward beside the warm-up's on one card made both slow (5 s)
+                        deps += self.warmed
                 else:
                     deps = [self.tiles.get(d) for d in st.dependencies(key)] + redo
                 priority = self.total_steps - step
@@ -278,6 +282,7 @@ class _Graph:
                 pure=False,
             )
             self.futures.append(fut)
+            self.warmed.append(fut)
 
     def build(self) -> None:
         plan = self.plan

@@ -154,7 +154,7 @@ def test_estimate_matches_the_store(reference):
     est = plan.estimate()
     assert est.store_parts == layout_nbytes(plan.layout())
     store = reference / "render.zarr"
-    arrays = ["latents", "start", "state_model_outputs", "state_last_sample"]
+    arrays = ["latents", "start", "state_model_outputs", "state_last_sample", "prediction"]
     written = sum(
         _du(store / s / a) for s in ("sketch", "refine") for a in arrays if (store / s / a).exists()
     )
