@@ -168,16 +168,16 @@ def make_scheduler(class_name: str, config: dict[str, Any]):
     # another thread of the worker imports diffusers' models saw a half-imported module ("unknown
     # scheduler class" for UniPC) on a GPU worker, still after 1.5 s of retries (the models'
     # import takes longer): serialise, and look again until it is there or a minute has passed
-    with _IMPORT_LOCK:
-        cls = None
-        deadline = time.monotonic() + 60  # the other thread's import of diffusers' models
-        while True:
-            cls = getattr(diffusers, class_name, None)
-            if cls is not None or class_name not in SUPPORTED or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-    if cls is None and class_name == "FlowMatchSigmasScheduler":
+    if class_name == "FlowMatchSigmasScheduler":  # this module's own, not diffusers'
         cls = __getattr__(class_name)
+    else:
+        with _IMPORT_LOCK:
+            deadline = time.monotonic() + 60  # the other thread's import of diffusers' models
+            while True:
+                cls = getattr(diffusers, class_name, None)
+                if cls is not None or class_name not in SUPPORTED or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
     if cls is None:
         raise ValueError(f"unknown scheduler class {class_name!r}")
     clean = {k: v for k, v in config.items() if not k.startswith("_")}
