@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -55,6 +56,12 @@ class VideoInfo:
     height: int
     frames: int
     fps: float
+
+
+def _partial(path: Path) -> Path:
+    """A temporary name beside ``path`` that no other writer uses (two runs of one render must not
+    write into each other's half-finished file; the rename into place is atomic)."""
+    return path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.partial")
 
 
 def encode_video(
@@ -132,7 +139,7 @@ def _encode(
         options["crf"] = str(int(crf))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
+    tmp = _partial(path)
     count = 0
     stream = None
     pad = (0, 0)
@@ -302,7 +309,7 @@ def join_segments(segment_paths: Sequence[str | Path], path: str | Path) -> Vide
     frame apart, running ahead by the largest delay of any segment, which keeps every packet's
     decode time at or before its presentation time.
 
-    Written to ``path + ".partial"`` and renamed, like ``encode_video``.
+    Written to a uniquely named ``.partial`` file beside ``path`` and renamed, like ``encode_video``.
     """
     paths = [Path(p) for p in segment_paths]
     if not paths:
@@ -316,7 +323,7 @@ def join_segments(segment_paths: Sequence[str | Path], path: str | Path) -> Vide
     delay = max(s.delay for s in segments)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
+    tmp = _partial(path)
     index = 0  # packets (frames) written so far
     try:
         with av.open(str(tmp), mode="w", format="mp4") as out:

@@ -82,7 +82,7 @@ def test_bad_input_is_a_clear_error_and_leaves_no_file(tmp_path, frames, kwargs,
     args = {"fps": 8, **kwargs}
     with pytest.raises(ValueError, match=match):
         encode_video(frames, tmp_path / "v.mp4", **args)
-    assert not (tmp_path / "v.mp4").exists() and not (tmp_path / "v.mp4.partial").exists()
+    assert not (tmp_path / "v.mp4").exists() and not list(tmp_path.glob("*.partial"))
 
 
 # ------------------------------------------------------------------------- segments, joined losslessly
@@ -252,7 +252,7 @@ def test_mismatched_segments_are_refused(tmp_path, second, match):
     paths = [] if second == "empty" else [tmp_path / "a.mp4", tmp_path / "b.mp4"]
     with pytest.raises(ValueError, match=match):
         join_segments(paths, tmp_path / "joined.mp4")
-    assert not (tmp_path / "joined.mp4").exists() and not (tmp_path / "joined.mp4.partial").exists()
+    assert not (tmp_path / "joined.mp4").exists() and not list(tmp_path.glob("*.partial"))
 
 
 def test_segment_bad_first_frame(tmp_path):
@@ -276,3 +276,24 @@ def test_render_video_is_its_segments_joined(tmp_path, client):
     store = RenderStore.open(str(result.store_path), mode="r")
     np.testing.assert_array_equal(read_video(result.video_path), store.decoded_frames())
     assert not list((result.render_dir / "segments").glob("*.mp4"))
+
+
+def test_two_writers_of_one_video_never_mix_their_files(tmp_path):
+    """Two runs of one render may encode the same video at once: each writes its own temporary
+    file and renames it, so the result is one of them, whole."""
+    import threading
+
+    rng = np.random.default_rng(5)
+    clips = [rng.integers(0, 256, (5, 32, 48, 3), dtype=np.uint8) for _ in range(2)]
+    path = tmp_path / "v.mp4"
+    threads = [
+        threading.Thread(target=encode_video, args=(clip, path), kwargs={"fps": 8, "codec": "lossless"})
+        for clip in clips
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = read_video(path)
+    assert any(np.array_equal(got, clip) for clip in clips)
+    assert not list(tmp_path.glob("*.partial"))
