@@ -268,6 +268,17 @@ class FamilyDefaults:
         return out
 
 
+def load_component(cls, root: str, subfolder: str, device, *, tiling: bool = False, **kwargs) -> Any:
+    """A component of a diffusers-layout directory: safetensors from local disk only, moved to
+    ``device``, frozen for inference (``tiling`` for VAEs). ``kwargs`` go to ``from_pretrained``
+    (``torch_dtype=`` for diffusers models, ``dtype=`` for transformers ones)."""
+    m = cls.from_pretrained(root, subfolder=subfolder, local_files_only=True, use_safetensors=True, **kwargs)
+    m = m.to(device).eval().requires_grad_(False)
+    if tiling:
+        m.enable_tiling()
+    return m
+
+
 # -- lazily loaded components ---------------------------------------------------------------------
 class LazyBackend(VideoBackend):
     """A backend whose components (``transformer``, ``vae``, ``text``) load on first use, once.

@@ -42,6 +42,7 @@ from pipelines.base import (
     ModelDirectoryError,
     ModelInfo,
     directory_revision,
+    load_component,
     read_overrides,
 )
 
@@ -285,27 +286,21 @@ def load_directory(
 
     root = str(path)
     info = directory_info(root)
-    kw = dict(local_files_only=True, use_safetensors=True)
 
     def transformer():
-        m = CogVideoXTransformer3DModel.from_pretrained(
-            root, subfolder="transformer", torch_dtype=dtype, **kw
-        )
-        return m.to(device).eval().requires_grad_(False)
+        return load_component(CogVideoXTransformer3DModel, root, "transformer", device, torch_dtype=dtype)
 
     def vae():
-        m = AutoencoderKLCogVideoX.from_pretrained(root, subfolder="vae", torch_dtype=torch.float32, **kw)
-        m = m.to(device).eval().requires_grad_(False)
-        m.enable_tiling()
-        return m
+        return load_component(
+            AutoencoderKLCogVideoX, root, "vae", device, tiling=True, torch_dtype=torch.float32
+        )
 
     def text():
         from diffusers import CogVideoXPipeline
         from transformers import AutoTokenizer, T5EncoderModel
 
         tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer", local_files_only=True)
-        encoder = T5EncoderModel.from_pretrained(root, subfolder="text_encoder", dtype=dtype, **kw)
-        encoder = encoder.to(device).eval().requires_grad_(False)
+        encoder = load_component(T5EncoderModel, root, "text_encoder", device, dtype=dtype)
         pipe = CogVideoXPipeline(
             tokenizer=tokenizer, text_encoder=encoder, vae=None, transformer=None, scheduler=None
         )

@@ -36,6 +36,7 @@ from pipelines.base import (
     LazyBackend,
     ModelInfo,
     directory_revision,
+    load_component,
     pack_text,
     read_overrides,
     unpack_text,
@@ -235,10 +236,9 @@ def load_directory(
         return m.to(device).eval().requires_grad_(False)
 
     def vae():
-        m = AutoencoderKLHunyuanVideo.from_pretrained(root, subfolder="vae", torch_dtype=torch.float32, **kw)
-        m = m.to(device).eval().requires_grad_(False)
-        m.enable_tiling()
-        return m
+        return load_component(
+            AutoencoderKLHunyuanVideo, root, "vae", device, tiling=True, torch_dtype=torch.float32
+        )
 
     def text():
         from diffusers import HunyuanVideoPipeline

@@ -25,6 +25,7 @@ from pipelines.base import (
     LazyBackend,
     ModelInfo,
     directory_revision,
+    load_component,
     read_overrides,
 )
 from pipelines.text import HashTextEncoder
@@ -475,25 +476,19 @@ def load_directory(
 
     root = str(path)
     info = directory_info(root)
-    kw = dict(local_files_only=True, use_safetensors=True)
 
     def transformer(subfolder: str = "transformer"):
-        m = WanTransformer3DModel.from_pretrained(root, subfolder=subfolder, torch_dtype=dtype, **kw)
-        return m.to(device).eval().requires_grad_(False)
+        return load_component(WanTransformer3DModel, root, subfolder, device, torch_dtype=dtype)
 
     def vae():
-        m = _vae_class(root).from_pretrained(root, subfolder="vae", torch_dtype=torch.float32, **kw)
-        m = m.to(device).eval().requires_grad_(False)
-        m.enable_tiling()
-        return m
+        return load_component(_vae_class(root), root, "vae", device, tiling=True, torch_dtype=torch.float32)
 
     def text():
         from diffusers import WanPipeline
         from transformers import AutoTokenizer, UMT5EncoderModel
 
         tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer", local_files_only=True)
-        encoder = UMT5EncoderModel.from_pretrained(root, subfolder="text_encoder", torch_dtype=dtype, **kw)
-        encoder = encoder.to(device).eval().requires_grad_(False)
+        encoder = load_component(UMT5EncoderModel, root, "text_encoder", device, torch_dtype=dtype)
         pipe = WanPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=None, scheduler=None)
         max_len = info.text_tokens
 
@@ -520,10 +515,7 @@ def load_directory(
             processor = CLIPImageProcessor.from_pretrained(
                 root, subfolder="image_processor", local_files_only=True
             )
-            encoder = CLIPVisionModel.from_pretrained(
-                root, subfolder="image_encoder", dtype=torch.float32, **kw
-            )
-            encoder = encoder.to(device).eval().requires_grad_(False)
+            encoder = load_component(CLIPVisionModel, root, "image_encoder", device, dtype=torch.float32)
 
             @torch.no_grad()
             def encode(image: torch.Tensor) -> torch.Tensor:
