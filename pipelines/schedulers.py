@@ -37,6 +37,19 @@ SCHEDULER_STATE: dict[str, dict[str, str]] = {
 }
 SUPPORTED = set(SCHEDULER_STATE)
 
+# The module of diffusers that defines each supported class. A class is imported from its own
+# module, not through ``diffusers``' lazy top-level attributes: on GPU workers a lookup through
+# the lazy module while another thread imported diffusers' models kept failing for a whole minute
+# (a partially initialised module handed out to break an import-lock cycle is never re-read).
+DIFFUSERS_MODULES: dict[str, str] = {
+    "UniPCMultistepScheduler": "diffusers.schedulers.scheduling_unipc_multistep",
+    "DPMSolverMultistepScheduler": "diffusers.schedulers.scheduling_dpmsolver_multistep",
+    "FlowMatchEulerDiscreteScheduler": "diffusers.schedulers.scheduling_flow_match_euler_discrete",
+    "EulerDiscreteScheduler": "diffusers.schedulers.scheduling_euler_discrete",
+    "DDIMScheduler": "diffusers.schedulers.scheduling_ddim",
+    "CogVideoXDDIMScheduler": "diffusers.schedulers.scheduling_ddim_cogvideox",
+}
+
 
 def resolve_scheduler(
     default_class: str, default_config: dict[str, Any], override: str | None
@@ -162,23 +175,31 @@ def __getattr__(name: str):
 
 def make_scheduler(class_name: str, config: dict[str, Any]):
     """Instantiate a diffusers scheduler (or one of this module's) from its class name and config."""
-    import diffusers
-
-    # diffusers imports its classes lazily on first attribute access; a thread doing that while
-    # another thread of the worker imports diffusers' models saw a half-imported module ("unknown
-    # scheduler class" for UniPC) on a GPU worker, still after 1.5 s of retries (the models'
-    # import takes longer): serialise, and look again until it is there or a minute has passed
     if class_name == "FlowMatchSigmasScheduler":  # this module's own, not diffusers'
         cls = __getattr__(class_name)
+    elif class_name in DIFFUSERS_MODULES:
+        cls = _diffusers_class(class_name)
     else:
-        with _IMPORT_LOCK:
-            deadline = time.monotonic() + 60  # the other thread's import of diffusers' models
-            while True:
-                cls = getattr(diffusers, class_name, None)
-                if cls is not None or class_name not in SUPPORTED or time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
+        import diffusers
+
+        cls = getattr(diffusers, class_name, None)
     if cls is None:
         raise ValueError(f"unknown scheduler class {class_name!r}")
     clean = {k: v for k, v in config.items() if not k.startswith("_")}
     return cls.from_config(clean)
+
+
+def _diffusers_class(class_name: str):
+    """A supported diffusers scheduler class, imported from its defining module.
+
+    Serialised, and looked up again for a while if the module is still half-initialised by
+    another thread (Python may hand one out to break an import-lock cycle)."""
+    import importlib
+
+    with _IMPORT_LOCK:
+        deadline = time.monotonic() + 30
+        while True:
+            cls = getattr(importlib.import_module(DIFFUSERS_MODULES[class_name]), class_name, None)
+            if cls is not None or time.monotonic() > deadline:
+                return cls
+            time.sleep(0.2)

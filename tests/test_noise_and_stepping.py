@@ -105,3 +105,32 @@ def test_renoise_follows_the_flow_matching_rule():
     x0, eps = torch.randn(1, 2, 1, 4, 4), torch.randn(1, 2, 1, 4, 4)
     sigma = ref.build().sigmas[6]
     torch.testing.assert_close(renoise(ref, 6, x0, eps), sigma * eps + (1 - sigma) * x0)
+
+
+def test_every_supported_diffusers_scheduler_is_imported_from_its_own_module():
+    import subprocess
+    import sys
+
+    import diffusers
+
+    from pipelines.schedulers import DIFFUSERS_MODULES, SUPPORTED, make_scheduler
+
+    assert set(DIFFUSERS_MODULES) == SUPPORTED - {"FlowMatchSigmasScheduler"}
+    for name in DIFFUSERS_MODULES:
+        assert type(make_scheduler(name, {})) is getattr(diffusers, name)
+    # in a fresh process, threads importing diffusers' models while another looks a scheduler up
+    # (what a GPU worker's warm-up and its first stage task do)
+    code = (
+        "import threading\n"
+        "from pipelines.schedulers import make_scheduler\n"
+        "def models():\n"
+        "    import diffusers\n"
+        "    diffusers.WanTransformer3DModel, diffusers.AutoencoderKLWan\n"
+        "ts = [threading.Thread(target=models) for _ in range(2)]\n"
+        "[t.start() for t in ts]\n"
+        "s = make_scheduler('UniPCMultistepScheduler', {})\n"
+        "[t.join() for t in ts]\n"
+        "print(type(s).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "UniPCMultistepScheduler", out.stderr[-2000:]
