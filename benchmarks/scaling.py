@@ -30,7 +30,7 @@ STAGES = ("prompt", "stage1", "upscale", "stage2", "decode", "encode", "quality"
 def stage_of(receipt: dict) -> str | None:
     """Which stage of the render a task receipt belongs to."""
     task, name = receipt.get("task"), str(receipt.get("name", ""))
-    if task in ("predict", "denoise"):
+    if task in ("predict", "denoise", "hit"):
         return "stage1" if name.startswith("sketch") else "stage2"
     if task in ("upscale", "start"):
         return "upscale"
@@ -66,6 +66,28 @@ def summarise(receipts: list[dict], wall: float, split_sketch: bool) -> dict:
     return out
 
 
+def _cache_settings(value: str):
+    from supergen_dask.cli import _cache_option
+    from supergen_dask.spec import CacheSettings
+
+    return CacheSettings(**_cache_option(value))
+
+
+def _calls_per_worker(receipts: list[dict]) -> dict:
+    """Stage-2 model calls and their seconds, per worker (the balance the cache leaves)."""
+    out: dict[str, dict] = {}
+    for r in receipts:
+        if (
+            r.get("task") == "denoise"
+            and str(r.get("name", "")).startswith("refine")
+            and not r.get("skipped")
+        ):
+            w = out.setdefault(r["worker"], {"calls": 0, "seconds": 0.0})
+            w["calls"] += 1
+            w["seconds"] = round(w["seconds"] + r["seconds"], 3)
+    return out
+
+
 def run(args) -> dict:
     import torch
 
@@ -74,6 +96,7 @@ def run(args) -> dict:
     from distributed import Client
 
     import supergen_dask as sd
+    from storage import RenderStore
 
     spec = sd.RenderSpec(
         prompt="a red circle moving right on a blue background",
@@ -85,6 +108,7 @@ def run(args) -> dict:
         refine_steps=args.refine_steps,
         guidance_scale=5.0,
         dtype="bfloat16",
+        cache=_cache_settings(args.cache),
     )
     plan = sd.plan_render(spec)
     print(plan.summary(), flush=True)
@@ -137,6 +161,8 @@ def run(args) -> dict:
         "peak_gpu_memory_gib_per_worker": peak,
         **summarise(result.receipts, wall, split),
         "quality": result.quality,
+        "cache": sd.graph.cache_summary(RenderStore.open(str(result.store_path), mode="r"), plan),
+        "model_calls_per_worker": _calls_per_worker(result.receipts),
     }
     if log:
         log.close()
@@ -170,6 +196,7 @@ def merge(paths: list[str]) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gpus", type=int, default=1)
+    p.add_argument("--cache", default="off", help="residual cache: off, on or a threshold")
     p.add_argument("--model", default="random-wan2.1-1.3b-shape")
     p.add_argument("--height", type=int, default=2160)
     p.add_argument("--width", type=int, default=3840)

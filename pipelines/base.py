@@ -70,6 +70,9 @@ class ModelInfo:
     prompt_grammar: str = ""
     latent_frame_multiple: int = 1
     latent_pad_frames: int = 0
+    # the residual cache's default tau (``supergen_dask.cache``); residual magnitudes differ
+    # between families, so thresholds do not transfer
+    cache_threshold: float = 0.2
 
     def frames_ok(self, num_frames: int) -> bool:
         """Whether the VAE can take ``num_frames`` (causal video VAEs want 1 + k * factor) and the
@@ -241,6 +244,7 @@ class FamilyDefaults:
     text_tokens: int = 512
     guidance_note: str = ""
     description: str = ""
+    cache_threshold: float = 0.2
 
     def frame_rule(self) -> str:
         f, m, pad = self.temporal_factor, self.latent_frame_multiple, self.latent_pad_frames
@@ -261,6 +265,7 @@ class FamilyDefaults:
             "default_steps",
             "default_guidance",
             "default_refine_fraction",
+            "cache_threshold",
         )
         out: dict[str, Any] = {k: extra.get(k, getattr(self, k)) for k in keys}
         out["text_tokens"] = int(extra.get("max_sequence_length", self.text_tokens))

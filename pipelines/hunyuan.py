@@ -74,6 +74,7 @@ DEFAULTS = FamilyDefaults(
     default_refine_fraction=0.9,
     temporal_factor=4,
     text_tokens=256,
+    cache_threshold=0.06,  # the published HunyuanVideo tau (after the gain-estimator fix)
     guidance_note="guidance_scale is true CFG (pipeline's true_cfg_scale); embedded guidance 6.0 from supergen.json",
     description="HunyuanVideo T2V (HunyuanVideoTransformer3DModel + AutoencoderKLHunyuanVideo, Llama + CLIP)",
 )

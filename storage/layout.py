@@ -21,7 +21,7 @@ class StageLayout:
     its tiles is exactly one chunk; ``start`` (the stage's input) is stored in the first step's grid,
     and so is ``anchor`` (the clean upscaled sketch) when the stage mixes it in. ``branches`` > 0
     stores each guidance branch's model output per step (``prediction``) when the branches run as
-    separate tasks.
+    separate tasks. ``cache`` adds the residual cache's arrays (``supergen_dask.cache``).
     """
 
     name: str
@@ -40,6 +40,11 @@ class StageLayout:
     dtype: str = "float32"
     anchor: bool = False
     branches: int = 0
+    # residual cache: per step a ``cache`` chunk per tile (the step's input and the input and
+    # prediction of the region's last computed step), and ``cache_updates`` rankings of the
+    # region-aware thresholds
+    cache: bool = False
+    cache_updates: int = 0
 
     def __post_init__(self) -> None:
         if not (len(self.steps) == len(self.timesteps) == len(self.offsets)) or not self.steps:

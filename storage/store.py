@@ -51,9 +51,20 @@ STAT_FIELDS = (
     "worker",
     "computed",
     "gpu",
+    # the residual cache's decision (supergen_dask.cache): held gain, predicted change,
+    # accumulated change, threshold, run of skips; and mean |guided prediction| (region ranking)
+    "cache_k",
+    "cache_change",
+    "cache_acc",
+    "cache_tau",
+    "cache_skips",
+    "pred_mean",
 )
 
 _FORMAT = "supergen-render/1"
+
+# fields of a residual-cache chunk: the step's input, the last computed step's input and prediction
+CACHE_CANVASES = 3
 
 
 class RenderExistsError(FileExistsError):
@@ -80,7 +91,8 @@ def _pieces(start: int, length: int, size: int) -> list[tuple[int, int]]:
 
 def checked_arrays(st: StageLayout) -> tuple[str, ...]:
     """The per-step arrays of a stage whose chunks carry a checksum, in ``checksums`` order."""
-    return ("latents",) + tuple(f"state_{name}" for name, _ in st.state_slots)
+    cache = ("cache",) if st.cache else ()
+    return ("latents",) + tuple(f"state_{name}" for name, _ in st.state_slots) + cache
 
 
 def start_arrays(st: StageLayout) -> tuple[str, ...]:
@@ -103,6 +115,9 @@ def layout_nbytes(layout: RenderLayout) -> dict[str, int]:
         out["latents"] += canvas * (_isize(st.dtype) * (n + 1) + (4 if st.anchor else 0))
         out["state"] += sum(slots for _, slots in st.state_slots) * n * canvas * 4
         out["state"] += st.branches * n * canvas * 4  # guidance branch outputs (float32)
+        if st.cache:  # three canvases per step, and the threshold rankings
+            out["state"] += CACHE_CANVASES * n * canvas * _isize(st.dtype)
+            out["records"] += max(1, st.cache_updates) * tiles * 8
         k = len(checked_arrays(st))
         out["records"] += n * tiles * (1 + 8 * len(STAT_FIELDS) + 8 * k) + tiles * 8 * len(start_arrays(st))
         out["records"] += n * 16
@@ -225,6 +240,28 @@ def create_render_store(
                 ("step", "branch", "frame", "channel", "y", "x"),
                 np.nan,
                 **big,
+            )
+        if st.cache:
+            # residual cache, rolled like the latents: one chunk per (step, tile) holding the step's
+            # input and the input and guided prediction of the region's last computed step
+            arr(
+                g,
+                "cache",
+                (n, CACHE_CANVASES, F, C, H, W),
+                (1, CACHE_CANVASES, F, C, th, tw),
+                st.dtype,
+                ("step", "cache_field", "frame", "channel", "y", "x"),
+                np.nan,
+                **big,
+            )
+            arr(
+                g,
+                "cache_scale",
+                (max(1, st.cache_updates), st.rows, st.cols),
+                (1, st.rows, st.cols),
+                "float64",
+                ("cache_update", "tile_y", "tile_x"),
+                np.nan,
             )
         arr(g, "done", (n, st.rows, st.cols), (1, 1, 1), "uint8", ("step", "tile_y", "tile_x"), 0)
         k = len(checked_arrays(st))
@@ -600,6 +637,23 @@ class RenderStore:
         with self._lock:
             for key in [k for k in self._recorded if k[1] == i and k[2:] == (row, col)]:
                 self._recorded.pop(key, None)
+
+    def tile_record(self, stage: str, step: int, row: int, col: int) -> dict[str, float]:
+        """One tile step's stats row (what ``mark_done`` recorded), by field name."""
+        st = self.stage(stage)
+        values = self.array(f"{stage}/tile_stats")[st.step_index(step), row, col, :]
+        return {f: float(v) for f, v in zip(STAT_FIELDS, values, strict=False)}
+
+    def write_cache_scale(self, stage: str, update: int, scales: np.ndarray) -> None:
+        """The region-aware threshold multipliers ``(rows, cols)`` of ranking ``update`` (one chunk,
+        written by the one task that ranks)."""
+        self.array(f"{stage}/cache_scale")[update] = np.asarray(scales, dtype=np.float64)
+
+    def read_cache_scale(self, stage: str, update: int, row: int, col: int) -> float:
+        value = float(self.array(f"{stage}/cache_scale")[update, row, col])
+        if not np.isfinite(value):
+            raise ChunkCorruptError(f"{stage}/cache_scale[{update}]", "never written")
+        return value
 
     def done_mask(self, stage: str) -> np.ndarray:
         """``(steps, rows, cols)`` booleans: which tiles are finished."""

@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-shift", action="store_true", help="keep the tile grid fixed (seams will show)")
     r.add_argument("--shift-divisions", type=int, help="shift stride = tile / divisions (default 16)")
     r.add_argument("--shift-every", type=int, help="shift every N steps (default 1)")
+    r.add_argument(
+        "--cache",
+        help="region-aware residual cache: off (default), on (the model family's threshold) or a "
+        "threshold tau, e.g. 0.2 (see README: The residual cache)",
+    )
     r.add_argument("--lossless", action="store_true", help="lossless RGB H.264 instead of yuv420p")
     r.add_argument("--crf", type=int, help="H.264 quality (0-51, default 18)")
     r.add_argument("--output-dir", help="render directory (default: <store-root>/<prompt>-<spec hash>)")
@@ -182,6 +187,8 @@ def spec_from_args(args: argparse.Namespace):
     if args.shift_every is not None:
         shift["every"] = args.shift_every
     _merged(data, "shift", shift)
+    if args.cache is not None:
+        _merged(data, "cache", _cache_option(args.cache))
     output: dict[str, Any] = {}
     if args.lossless:
         output["codec"] = "lossless"
@@ -191,6 +198,24 @@ def spec_from_args(args: argparse.Namespace):
     if "prompt" not in data:
         raise SpecError("prompt", "is required (--prompt or a spec file)")
     return RenderSpec.from_dict(data)
+
+
+def _cache_option(value: str) -> dict[str, Any]:
+    """``--cache off|on|<tau>`` as spec fields."""
+    from supergen_dask.spec import SpecError
+
+    v = value.strip().lower()
+    if v in ("off", "false", "no"):
+        return {"enabled": False}
+    if v in ("on", "true", "yes"):
+        return {"enabled": True}
+    try:
+        tau = float(v)
+    except ValueError:
+        raise SpecError("cache", f"--cache takes off, on or a threshold > 0, got {value!r}") from None
+    if not tau > 0 or tau != tau or tau == float("inf"):
+        raise SpecError("cache", f"--cache threshold must be a finite number > 0, got {value!r}")
+    return {"enabled": True, "threshold": tau}
 
 
 def _cluster_kwargs(args) -> dict[str, Any]:

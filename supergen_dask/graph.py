@@ -26,6 +26,7 @@ from distributed import Client, Future, as_completed
 
 from storage import RenderExistsError, RenderStore, create_render_store, open_render
 from supergen_dask import config, tasks
+from supergen_dask.cache import scale_index
 from supergen_dask.geometry import TileKey
 from supergen_dask.plan import RenderPlan, plan_render
 from supergen_dask.spec import RenderSpec
@@ -177,8 +178,25 @@ class _Graph:
         self.warmed: list[Future] = []
         self.retries = int(config.get("tasks.retries") or 0)
         self.total_steps = plan.spec.num_inference_steps
+        self.ranks: dict[int, Future | None] = {}
+        self.workers = sorted(client.scheduler_info()["workers"])
+        # refinement-step index -> ranking of the cache's region thresholds that follows it
+        self._rank_after = {q: j for j, q in enumerate(plan.cache_updates())}
 
-    def _submit(self, fn: Callable, *args, key, deps=(), gpu: bool = True, priority: int = 0) -> Future:
+    def _cached(self, st) -> bool:
+        return self.plan.cache is not None and st is self.plan.refine
+
+    def _submit(
+        self, fn: Callable, *args, key, deps=(), gpu: bool = True, priority: int = 0, home: int | None = None
+    ) -> Future:
+        # ``home``: a preferred worker (round robin over the workers there were at submission).
+        # Dask would otherwise only consider the workers that hold a task's dependencies, so every
+        # tile downstream of one task (the upscale, a stage's first step) queued on one worker until
+        # work stealing moved them (8 s of one idle worker measured); a preference is loose: Dask
+        # still moves the task if that pays
+        place = {}
+        if home is not None and self.workers:
+            place = {"workers": [self.workers[home % len(self.workers)]], "allow_other_workers": True}
         fut = self.client.submit(
             fn,
             *self.args,
@@ -189,17 +207,26 @@ class _Graph:
             retries=self.retries,
             priority=priority,
             pure=False,
+            **place,
         )
         self.futures.append(fut)
         return fut
 
     def named_task(
-        self, name: str, fn: Callable, *args, deps=(), gpu: bool = True, priority: int = 0, force=False
+        self,
+        name: str,
+        fn: Callable,
+        *args,
+        deps=(),
+        gpu: bool = True,
+        priority: int = 0,
+        force=False,
+        home: int | None = None,
     ):
         if not force and self.store.task_is_done(name):
             return None
         key = (f"{name.split('_')[0]}-{self.run}", name)
-        fut = self._submit(fn, *args, key=key, deps=deps, gpu=gpu, priority=priority)
+        fut = self._submit(fn, *args, key=key, deps=deps, gpu=gpu, priority=priority, home=home)
         return fut
 
     def stage(self, name: str, entry: Future | dict | None, prompt: Future | None) -> None:
@@ -224,8 +251,26 @@ class _Graph:
                 else:
                     deps = [self.tiles.get(d) for d in st.dependencies(key)] + redo
                 priority = self.total_steps - step
+                index = step - st.first
+                home = key.row * st.grid.cols + key.col
                 if st.split_guidance:
                     self._split_step(st, key, deps, priority)
+                elif self._cached(st) and not self.plan.cache.forced(index, len(st.steps)):
+                    # the residual cache decides on a CPU; only misses take a GPU slot
+                    j = scale_index(self.plan.cache, len(st.steps), index)
+                    rank = [self.ranks.get(j)] if j is not None else []
+                    self.tiles[key] = self._submit(
+                        tasks.cache_step,
+                        key,
+                        self.session,
+                        self.run,
+                        priority,
+                        key=key.task_key(self.run, "cache"),
+                        deps=deps + rank,
+                        gpu=False,
+                        priority=priority,
+                        home=home,
+                    )
                 else:
                     self.tiles[key] = self._submit(
                         tasks.denoise_tile,
@@ -234,7 +279,19 @@ class _Graph:
                         key=key.task_key(self.run),
                         deps=deps,
                         priority=priority,
+                        home=home,
                     )
+            if self._cached(st) and i in self._rank_after:
+                # rank the tiles' variability once every tile of this step is done
+                j = self._rank_after[i]
+                self.ranks[j] = self.named_task(
+                    f"cache_rank_{j}",
+                    tasks.rank_cache_tiles,
+                    j,
+                    deps=[self.tiles.get(k) for k in st.keys(step)],
+                    gpu=False,
+                    priority=self.total_steps - step,
+                )
 
     def _split_step(self, st, key: TileKey, deps: list, priority: int) -> None:
         """A step whose guidance branches are two GPU tasks; each finishes the step before it
@@ -297,7 +354,13 @@ class _Graph:
             pixels = self.named_task("upscale", tasks.upscale_sketch, deps=last, priority=priority)
             entry = {
                 (r, c): self.named_task(
-                    f"start_{r}_{c}", tasks.encode_start, r, c, deps=[pixels], priority=priority
+                    f"start_{r}_{c}",
+                    tasks.encode_start,
+                    r,
+                    c,
+                    deps=[pixels],
+                    priority=priority,
+                    home=r * rf.grid.cols + c,
                 )
                 for r, c in rf.grid.tiles()
             }
@@ -308,7 +371,9 @@ class _Graph:
         for i, reg in enumerate(plan.decode_regions()):
             wy, wx, wh, ww = reg.window
             deps = [self.tiles.get(k) for k in rf.covering(rf.last, wy, wx, wh, ww)]
-            decodes.append(self.named_task(f"decode_{reg.row}_{reg.col}", tasks.decode_region, i, deps=deps))
+            decodes.append(
+                self.named_task(f"decode_{reg.row}_{reg.col}", tasks.decode_region, i, deps=deps, home=i)
+            )
         if not self.video_path.exists():  # a lost video is re-encoded from the decoded regions
             folder = self.video_path.parent / "segments"
             paths = [str(folder / f"segment_{i:03d}.mp4") for i in range(len(plan.encode_segments()))]
@@ -402,6 +467,8 @@ class RenderJob:
                 str(int(tasks.worker_code(r["worker"]))): r["worker"] for r in receipts if "worker" in r
             }
             gpus = {str(int(tasks.worker_code(r["gpu"]))): r["gpu"] for r in receipts if "gpu" in r}
+            if self.plan.cache is not None:
+                self._sessions[-1]["cache"] = cache_summary(self.store, self.plan)
             self._sessions[-1].update(
                 finished=_now(),
                 status=status,
@@ -513,13 +580,33 @@ def describe(render_dir: str | Path) -> dict[str, Any]:
         mask = store.done_mask(st.name)
         progress[st.name] = f"{int(mask.sum())}/{mask.size} tiles"
     progress.update({k: v for k, v in store.tasks_done().items()})
+    out_cache = cache_summary(store, plan)
     return {
+        "cache": out_cache,
         "render_dir": str(render_dir),
         "plan": plan.summary(),
         "progress": progress,
         "sessions": store.attrs.get("sessions", []),
         "quality": store.attrs.get("quality"),
         "video": str(render_dir / VIDEO_NAME) if (render_dir / VIDEO_NAME).exists() else None,
+    }
+
+
+def cache_summary(store: RenderStore, plan: RenderPlan) -> dict[str, Any] | None:
+    """What the residual cache did so far: refinement tile steps finished, model calls, skips,
+    and the stage-2 speed-up the skips imply (tile steps per model call; hits cost ~nothing)."""
+    if plan.cache is None:
+        return None
+    done = store.done_mask("refine")
+    computed = store.tile_stats("refine")["computed"][done]
+    calls, n = int((computed == 1).sum()), int(done.sum())
+    return {
+        "threshold": plan.cache.threshold,
+        "tile_steps": n,
+        "model_calls": calls,
+        "skipped": n - calls,
+        "skip_rate": round((n - calls) / n, 4) if n else None,
+        "estimated_stage2_speedup": round(n / calls, 3) if calls else None,
     }
 
 

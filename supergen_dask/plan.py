@@ -14,6 +14,7 @@ from pipelines import ModelInfo
 from pipelines.schedulers import resolve_scheduler
 from storage import DecodeLayout, DecodeRegion, RenderLayout, StageLayout, segment_ranges
 from supergen_dask import config
+from supergen_dask.cache import CachePolicy, update_points
 from supergen_dask.geometry import ShiftSchedule, TileGrid, TileKey, round_up
 from supergen_dask.spec import RenderSpec, SpecError
 from supergen_dask.stepping import SchedulerRef, check_tileable, state_slots
@@ -75,7 +76,9 @@ class StagePlan:
         cells = self.grid.covering(y0, x0, h, w, self.offset(step))
         return [TileKey(self.name, step, r, c) for r, c in cells]
 
-    def layout(self, slots: dict[str, int], dtype: str, anchor: bool = False) -> StageLayout:
+    def layout(
+        self, slots: dict[str, int], dtype: str, anchor: bool = False, cache: CachePolicy | None = None
+    ) -> StageLayout:
         g = self.grid
         return StageLayout(
             name=self.name,
@@ -94,6 +97,8 @@ class StagePlan:
             dtype=dtype,
             anchor=anchor,
             branches=2 if self.split_guidance else 0,
+            cache=cache is not None,
+            cache_updates=0 if cache is None else len(update_points(cache, len(self.steps))),
         )
 
     def to_dict(self) -> dict:
@@ -139,6 +144,8 @@ class RenderPlan:
     encode_threads: int = 2
     encode_segment_frames: int = 16
     quality_frames: int = 33
+    # the residual cache of the refinement stage (``supergen_dask.cache``), None when off
+    cache: CachePolicy | None = None
 
     # -- derived ----------------------------------------------------------------------------------
     @property
@@ -194,10 +201,15 @@ class RenderPlan:
         if self.sketch is not None:
             names.append("upscale")
             names += [f"start_{r}_{c}" for r, c in self.refine.grid.tiles()]
+        names += [f"cache_rank_{j}" for j in range(len(self.cache_updates()))]
         names += [f"decode_{r.row}_{r.col}" for r in self.decode_regions()]
         names += [f"segment_{i}" for i in range(len(self.encode_segments()))]
         names.append("encode")
         return tuple(names)
+
+    def cache_updates(self) -> tuple[int, ...]:
+        """Refinement-step indices after which the cache's region thresholds are re-ranked."""
+        return () if self.cache is None else update_points(self.cache, len(self.refine.steps))
 
     def encode_segments(self) -> list[tuple[int, int]]:
         """Pixel-frame ranges ``[start, stop)`` encoded as separate segments, of balanced length."""
@@ -225,7 +237,13 @@ class RenderPlan:
         sp = self.sketch_pixel_size
         return RenderLayout(
             stages=tuple(
-                s.layout(slots, dtype, anchor=self.anchored and s.name == "refine") for s in self.stages
+                s.layout(
+                    slots,
+                    dtype,
+                    anchor=self.anchored and s.name == "refine",
+                    cache=self.cache if s.name == "refine" else None,
+                )
+                for s in self.stages
             ),
             decode=DecodeLayout(
                 frames=self.pixel_frames,
@@ -257,6 +275,12 @@ class RenderPlan:
             f"{g.tile_w * f}x{g.tile_h * f} px tiles (canvas {g.canvas_w * f}x{g.canvas_h * f}, "
             f"shift {self.refine.shift.stride_x}x{self.refine.shift.stride_y} latent px every {self.refine.shift.every})"
         )
+        if self.cache is not None:
+            c = self.cache
+            lines.append(
+                f"cache on: tau {c.threshold:g}, first {c.warmup} and last refine steps always run, "
+                f"region thresholds x(1+{c.alpha:g}) for the most {c.direction} tiles every {c.interval} steps"
+            )
         lines.append(self.estimate().summary())
         return "\n".join(lines)
 
@@ -274,6 +298,7 @@ class RenderPlan:
             "encode_threads": self.encode_threads,
             "encode_segment_frames": self.encode_segment_frames,
             "quality_frames": self.quality_frames,
+            "cache": None if self.cache is None else self.cache.to_dict(),
         }
 
     @classmethod
@@ -291,6 +316,7 @@ class RenderPlan:
             encode_threads=d.get("encode_threads", 2),
             encode_segment_frames=d.get("encode_segment_frames", 10**6),
             quality_frames=d.get("quality_frames", 33),
+            cache=CachePolicy.from_dict(d["cache"]) if d.get("cache") else None,
         )
 
 
@@ -383,6 +409,7 @@ def plan_render(spec: RenderSpec) -> RenderPlan:
         encode_threads=int(config.get("encode.threads")),
         encode_segment_frames=int(config.get("encode.segment-frames")),
         quality_frames=quality_frames(spec.height, spec.width),
+        cache=spec.cache.policy(k, info.cache_threshold) if spec.cache.enabled else None,
     )
     from supergen_dask.estimate import check_limits
 

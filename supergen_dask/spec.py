@@ -147,28 +147,50 @@ class ShiftSettings:
 
 @dataclass(frozen=True)
 class CacheSettings:
-    """Region-aware residual cache (SuperGen's accumulate-and-threshold rule).
+    """Region-aware residual cache (SuperGen's accumulate-and-threshold rule, ``supergen_dask.cache``).
 
-    Off by default. ``threshold`` is tau; the first ``warmup_steps`` and the last step always run
-    the model; every ``region_interval`` steps the ``region_alpha`` adjustment is applied.
+    Off by default. ``threshold`` is tau (``None``: the model family's default; thresholds do not
+    transfer between families); the first ``warmup_steps`` refinement steps (``None``: a tenth of
+    them, at least 2) and the last step always run the model; after every ``region_interval``
+    steps the most (``region_direction: variable``) or least (``static``) variable tiles get their
+    threshold raised by ``region_alpha`` (the runner-up by half of it); ``max_skips`` caps a run
+    of consecutive skips (``None``: no cap).
     """
 
     enabled: bool = False
-    threshold: float = 0.1
-    warmup_steps: int = 5
+    threshold: float | None = None
+    warmup_steps: int | None = None
     region_alpha: float = 0.5
     region_interval: int = 5
+    region_direction: str = "variable"
+    max_skips: int | None = None
 
     def validate(self) -> None:
         if not isinstance(self.enabled, bool):
             raise SpecError("cache.enabled", f"must be true or false, got {self.enabled!r}")
-        if _check_number("cache.threshold", self.threshold, 0.0) <= 0:
+        if self.threshold is not None and _check_number("cache.threshold", self.threshold, 0.0) <= 0:
             raise SpecError("cache.threshold", "must be > 0")
-        _check_int("cache.warmup_steps", self.warmup_steps, 1)
+        if self.warmup_steps is not None:
+            _check_int("cache.warmup_steps", self.warmup_steps, 2)
         _check_number("cache.region_alpha", self.region_alpha, 0.0)
-        _check_int("cache.region_interval", self.region_interval, 1)
-        if self.enabled:
-            raise SpecError("cache.enabled", "the region-aware cache is not available yet; allowed: [false]")
+        _check_int("cache.region_interval", self.region_interval, 2)
+        _check_choice("cache.region_direction", self.region_direction, ("variable", "static"))
+        if self.max_skips is not None:
+            _check_int("cache.max_skips", self.max_skips, 1)
+
+    def policy(self, refine_steps: int, family_threshold: float):
+        """The resolved ``supergen_dask.cache.CachePolicy`` for a stage of ``refine_steps`` steps."""
+        from supergen_dask.cache import CachePolicy
+
+        warmup = self.warmup_steps if self.warmup_steps is not None else max(2, math.ceil(refine_steps / 10))
+        return CachePolicy(
+            threshold=float(self.threshold if self.threshold is not None else family_threshold),
+            warmup=int(warmup),
+            alpha=float(self.region_alpha),
+            interval=int(self.region_interval),
+            direction=self.region_direction,
+            max_skips=self.max_skips,
+        )
 
 
 @dataclass(frozen=True)
@@ -359,6 +381,10 @@ class RenderSpec:
             raise SpecError(
                 "anchor.strength", "anchoring needs a sketch: set refine_steps < num_inference_steps"
             )
+        cache = self.cache
+        if cache.enabled:  # the family's tau and the schedule's warm-up, so the hash holds them
+            policy = cache.policy(k, info.cache_threshold)
+            cache = dataclasses.replace(cache, threshold=policy.threshold, warmup_steps=policy.warmup)
         return self.replace(
             height=height,
             width=width,
@@ -367,4 +393,5 @@ class RenderSpec:
             refine_steps=k,
             guidance_scale=guidance,
             fps=fps,
+            cache=cache,
         )

@@ -8,6 +8,7 @@ upstream tasks; they only order the graph.
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from supergen_dask import cache as region_cache
 from supergen_dask import worker_models
 from supergen_dask.geometry import TileKey
 from supergen_dask.noise import position_noise, window_noise
@@ -28,6 +30,8 @@ __all__ = [
     "denoise_tile",
     "predict_branch",
     "combine_branches",
+    "cache_step",
+    "rank_cache_tiles",
     "warm_worker",
     "upscale_sketch",
     "encode_start",
@@ -255,11 +259,17 @@ def _tile_input(store, plan: RenderPlan, key: TileKey, device, with_state: bool 
     return sample, region
 
 
-def _finish_tile(store, plan: RenderPlan, key: TileKey, new, new_state, stats: dict) -> tuple[float, dict]:
-    """Write a stepped tile's latents and scheduler history, then its done marker (last)."""
+def _finish_tile(
+    store, plan: RenderPlan, key: TileKey, new, new_state, stats: dict, chunks: dict | None = None
+) -> tuple[float, dict]:
+    """Write a stepped tile's latents and scheduler history (and any other ``chunks`` of it, by
+    array name, in model layout with leading axes), then its done marker (last)."""
     st = plan.stage(key.stage)
     g = st.grid
     t_write0 = time.perf_counter()
+    for aname, value in (chunks or {}).items():
+        data = value[:, 0].permute(0, 2, 1, 3, 4).float().cpu().numpy()  # (n, F, C, h, w)
+        store.write_tile(key.stage, aname, key.step, key.row, key.col, data)
     slots = plan.state_slots
     for sname, values in new_state.items():
         arr = np.full(
@@ -286,10 +296,30 @@ def _finish_tile(store, plan: RenderPlan, key: TileKey, new, new_state, stats: d
     return stats["seconds"], {"worker": worker, "gpu": gpu, "finished": time.time(), **stats}
 
 
-def denoise_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, session: int, *deps) -> dict:
+def predict_guided(backend, plan: RenderPlan, model_in, t, embeds, offset) -> torch.Tensor:
+    """The guided prediction of one tile (pure: model in, prediction out). ``embeds`` is
+    ``(negative, positive)``; with guidance both run as one batch of two."""
+    neg, pos = embeds
+    if plan.cfg:
+        out = backend.predict(torch.cat([model_in, model_in]), t.expand(2), torch.stack([neg, pos]), offset)
+        uncond, cond = out.chunk(2)
+        return guided(uncond, cond, plan.spec.guidance_scale)
+    return backend.predict(model_in, t.expand(1), pos[None], offset)
+
+
+def denoise_tile(
+    plan: RenderPlan,
+    url: str,
+    instance: str,
+    key: TileKey,
+    session: int,
+    *deps,
+    decision: dict | None = None,
+) -> dict:
     """One denoising step of one tile: read the tile's window of the previous step (and the
     scheduler history of that region), predict with classifier-free guidance, update the region
-    with the scheduler, write the tile's chunks, mark it done."""
+    with the scheduler, write the tile's chunks, mark it done. With the residual cache on, also
+    record what the cache needs (``decision``: what ``cache_step`` decided, when it decided)."""
     t0, started = time.perf_counter(), time.time()
     store = _store(url, instance)
     name = f"{key.stage}/{key.step}/{key.row}/{key.col}"
@@ -299,29 +329,176 @@ def denoise_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, sessio
     backend = worker_models.get_backend(plan.spec.model, plan.spec.dtype)
     backend.load_transformer()
     device = backend.device
+    cached = _caching(plan, key)
     t_read0 = time.perf_counter()
     sample, region = _tile_input(store, plan, key, device)
-    neg, pos = worker_models.prompt_embeds(store, device)
+    embeds = worker_models.prompt_embeds(store, device)
+    previous = _cache_window(store, plan, key, device) if cached else None
     t_read = time.perf_counter() - t_read0
 
     t_fwd0 = time.perf_counter()
     model_in = region.scale_model_input(sample)
-    t = region.timestep.to(device)
-    offset = st.origin(key)
-    if plan.cfg:
-        out = backend.predict(torch.cat([model_in, model_in]), t.expand(2), torch.stack([neg, pos]), offset)
-        uncond, cond = out.chunk(2)
-        noise_pred = guided(uncond, cond, plan.spec.guidance_scale)
-    else:
-        noise_pred = backend.predict(model_in, t.expand(1), pos[None], offset)
+    noise_pred = predict_guided(backend, plan, model_in, region.timestep.to(device), embeds, st.origin(key))
     new, new_state = region.step(noise_pred.float(), sample)
     check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype)
+    extra_chunks, cache_stats = {}, {}
+    if cached:
+        noise_pred = noise_pred.float()
+        k = math.nan if previous is None else region_cache.gain(noise_pred, previous[2], sample, previous[1])
+        if not math.isfinite(k) and decision:  # the input did not move: hold the last gain
+            k = decision.get("k", math.nan)
+        extra_chunks["cache"] = torch.stack([sample, sample, noise_pred])
+        cache_stats = _cache_stats(decision, k=k, acc=0.0, skips=0, pred=noise_pred)
     _sync(device)
     t_fwd = time.perf_counter() - t_fwd0
     stats = {"t0": t0, "started": started, "read_seconds": t_read, "forward_seconds": t_fwd}
-    stats.update(session=session, computed=1)
-    seconds, extra = _finish_tile(store, plan, key, new, new_state, stats)
+    stats.update(session=session, computed=1, **cache_stats)
+    seconds, extra = _finish_tile(store, plan, key, new, new_state, stats, extra_chunks)
     return {"task": "denoise", "name": name, **extra, "seconds": seconds}
+
+
+# -- the residual cache ---------------------------------------------------------------------------
+def _caching(plan: RenderPlan, key: TileKey) -> bool:
+    return plan.cache is not None and key.stage == "refine"
+
+
+def _cache_window(store, plan: RenderPlan, key: TileKey, device):
+    """The previous step's cache at this tile's window: ``(x_prev, x_computed, o_computed)`` in
+    model layout, or ``None`` at the stage's first step."""
+    st = plan.stage(key.stage)
+    if key.step == st.first:
+        return None
+    g = st.grid
+    y0, x0 = st.origin(key)
+    arr = store.read_region(
+        key.stage, "cache", key.step - 1, y0, x0, g.tile_h, g.tile_w, verify=(key.row, key.col)
+    )
+    return tuple(_to_model(arr[i], device) for i in range(len(region_cache.CACHE_FIELDS)))
+
+
+def _cache_stats(decision: dict | None, *, k: float, acc: float, skips: int, pred) -> dict:
+    d = decision or {}
+    return {
+        "cache_k": k,
+        "cache_change": d.get("change", math.nan),
+        "cache_acc": acc,
+        "cache_tau": d.get("tau", math.nan),
+        "cache_skips": skips,
+        "pred_mean": region_cache.mean_abs(pred),
+    }
+
+
+def _decide(store, plan: RenderPlan, key: TileKey, sample, previous) -> region_cache.Decision:
+    """The cache's decision for a tile step from the previous step's record and cache."""
+    st = plan.stage(key.stage)
+    policy, n = plan.cache, len(st.steps)
+    index = key.step - st.first
+    rec = store.tile_record(key.stage, key.step - 1, key.row, key.col)
+    state = region_cache.TileCacheState(
+        k=rec.get("cache_k", math.nan),
+        acc=rec.get("cache_acc", 0.0) if math.isfinite(rec.get("cache_acc", math.nan)) else 0.0,
+        skips=int(rec.get("cache_skips", 0) or 0) if math.isfinite(rec.get("cache_skips", math.nan)) else 0,
+    )
+    j = region_cache.scale_index(policy, n, index)
+    scale = 1.0 if j is None else store.read_cache_scale(key.stage, j, key.row, key.col)
+    x_prev, _, o_computed = previous
+    return region_cache.decide(
+        policy,
+        index,
+        n,
+        state,
+        region_cache.mean_abs(sample - x_prev),
+        region_cache.mean_abs(o_computed),
+        policy.threshold * scale,
+    )
+
+
+def cache_step(
+    plan: RenderPlan, url: str, instance: str, key: TileKey, session: int, run: str, priority: int, *deps
+) -> dict:
+    """A refinement tile step under the residual cache (a CPU task, holding no GPU): decide from
+    the region's history whether the model must run. A hit reuses the region's last computed
+    residual at the tile's current window and steps the scheduler here; a miss submits the tile's
+    ``denoise_tile`` as a GPU task and waits for it outside the worker's thread pool, so the GPUs
+    only ever hold tiles that run the model and Dask balances those over them."""
+    t0, started = time.perf_counter(), time.time()
+    store = _store(url, instance)
+    name = f"{key.stage}/{key.step}/{key.row}/{key.col}"
+    if store.is_done(key.stage, key.step, key.row, key.col):
+        return _receipt("hit", name, t0, skipped=True)
+    sample, region = _tile_input(store, plan, key, "cpu")
+    previous = _cache_window(store, plan, key, "cpu")
+    decision = _decide(store, plan, key, sample, previous)
+    t_read = time.perf_counter() - t0
+    if decision.compute:
+        info = {"change": decision.change, "tau": decision.tau, "k": decision.k}
+        return _run_on_gpu(
+            denoise_tile, plan, url, instance, key, session, run=run, priority=priority, decision=info
+        )
+    x_prev, x_computed, o_computed = previous
+    t_step0 = time.perf_counter()
+    noise_pred = region_cache.reuse(sample, x_computed, o_computed)
+    new, new_state = region.step(noise_pred, sample)
+    check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype)
+    stats = {"t0": t0, "started": started, "read_seconds": t_read}
+    stats.update(forward_seconds=time.perf_counter() - t_step0, session=session, computed=0)
+    stats.update(
+        _cache_stats(
+            {"change": decision.change, "tau": decision.tau},
+            k=decision.k,
+            acc=decision.acc,
+            skips=decision.skips,
+            pred=noise_pred,
+        )
+    )
+    chunks = {"cache": torch.stack([sample, x_computed, o_computed])}
+    seconds, extra = _finish_tile(store, plan, key, new, new_state, stats, chunks)
+    return {"task": "hit", "name": name, **extra, "seconds": seconds}
+
+
+def _run_on_gpu(fn, *args, run: str, priority: int, **kwargs) -> dict:
+    """Submit ``fn`` from inside a task as a task holding a ``GPU`` slot, and wait for it with
+    this thread handed back to the worker (Dask's tasks-from-tasks)."""
+    import uuid
+
+    from distributed import get_client, rejoin, secede
+
+    key = args[3]  # the TileKey
+    client = get_client()
+    fut = client.submit(
+        fn,
+        *args,
+        key=key.task_key(run, "denoise", uuid.uuid4().int & 0xFFFFFFFF),
+        resources={"GPU": 1},
+        priority=priority,
+        pure=False,
+        **kwargs,
+    )
+    secede()
+    try:
+        return fut.result()
+    finally:
+        rejoin()
+
+
+def rank_cache_tiles(plan: RenderPlan, url: str, instance: str, update: int, *deps) -> dict:
+    """Rank the refinement tiles by the variability of their mean |prediction| over the steps so
+    far and write the region-aware threshold multipliers of ranking ``update``."""
+    t0 = time.perf_counter()
+    task = f"cache_rank_{update}"
+    store = _store(url, instance)
+    if store.task_is_done(task):
+        return _receipt("rank", task, t0, skipped=True)
+    q = plan.cache_updates()[update]
+    means = store.tile_stats("refine")["pred_mean"][: q + 1]
+    if not np.isfinite(means).all():
+        raise RuntimeError(f"{task}: refinement steps 0..{q} are not all recorded")
+    policy = plan.cache
+    store.write_cache_scale(
+        "refine", update, region_cache.region_scales(means, policy.alpha, policy.direction)
+    )
+    store.mark_task_done(task)
+    return _receipt("rank", task, t0)
 
 
 def guided(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
