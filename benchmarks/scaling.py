@@ -73,6 +73,31 @@ def _cache_settings(value: str):
     return CacheSettings(**_cache_option(value))
 
 
+def _cache_by_step(store_path, plan) -> dict | None:
+    """Per refinement step: model calls and the mean predicted change (what tau is compared to)."""
+    import numpy as np
+
+    from storage import RenderStore
+
+    if plan.cache is None:
+        return None
+    stats = RenderStore.open(str(store_path), mode="r").tile_stats("refine")
+    return {
+        "model_calls": [int(v) for v in np.nansum(stats["computed"], axis=(1, 2))],
+        "mean_change": [
+            None if np.isnan(v) else round(float(v), 4)
+            for v in np.nanmean(
+                np.where(np.isfinite(stats["cache_change"]), stats["cache_change"], np.nan), axis=(1, 2)
+            )
+        ]
+        if np.isfinite(stats["cache_change"]).any()
+        else [],
+        "mean_gain_k": [
+            None if np.isnan(v) else round(float(v), 4) for v in np.nanmean(stats["cache_k"], axis=(1, 2))
+        ],
+    }
+
+
 def _calls_per_worker(receipts: list[dict]) -> dict:
     """Stage-2 model calls and their seconds, per worker (the balance the cache leaves)."""
     out: dict[str, dict] = {}
@@ -163,6 +188,7 @@ def run(args) -> dict:
         "quality": result.quality,
         "cache": sd.graph.cache_summary(RenderStore.open(str(result.store_path), mode="r"), plan),
         "model_calls_per_worker": _calls_per_worker(result.receipts),
+        "cache_by_step": _cache_by_step(result.store_path, plan),
     }
     if log:
         log.close()

@@ -174,3 +174,29 @@ def test_resume_on_gpu_gives_the_same_bytes(tmp_path):
         == (len(full.plan.refine.steps) - half) * full.plan.refine.grid.n_tiles
     )
     assert_renders_identical(full.render_dir, part)
+
+
+def test_cache_on_two_gpus_skips_balances_and_agrees_with_one(tmp_path):
+    """The residual cache on GPUs: hits stepped on the CPU, model calls on both cards, and the same
+    decisions and (within bf16 noise, expected identical) latents as on one card."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    spec = _spec(
+        height=256,
+        width=256,
+        num_inference_steps=14,
+        refine_steps=12,
+        cache=sd.spec.CacheSettings(enabled=True, threshold=4.0),  # the tiny random Wan's scale
+    )
+    one = _render(spec, tmp_path / "one", 1)
+    two = _render(spec, tmp_path / "two", 2)
+    computed = [
+        RenderStore.open(str(r.store_path), mode="r").tile_stats("refine")["computed"] for r in (one, two)
+    ]
+    np.testing.assert_array_equal(*computed)
+    assert 0 < (computed[0] == 0).sum() < computed[0].size
+    calls = {r["gpu"] for r in two.receipts if r["task"] == "denoise" and r["name"].startswith("refine")}
+    assert len(calls) == 2, calls
+    a, b = store_arrays(one.store_path), store_arrays(two.store_path)
+    worst = max(float(np.nanmax(np.abs(a[k].astype(np.float64) - b[k]))) for k in a if a[k].dtype.kind == "f")
+    assert worst <= 1e-2, worst
