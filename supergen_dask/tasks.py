@@ -333,7 +333,6 @@ def denoise_tile(
     t_read0 = time.perf_counter()
     sample, region = _tile_input(store, plan, key, device)
     embeds = worker_models.prompt_embeds(store, device)
-    previous = _cache_window(store, plan, key, device) if cached else None
     t_read = time.perf_counter() - t_read0
 
     t_fwd0 = time.perf_counter()
@@ -343,11 +342,11 @@ def denoise_tile(
     check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype)
     extra_chunks, cache_stats = {}, {}
     if cached:
+        # only written here: the next step's decision (a CPU task) reads it and measures the gain,
+        # so a model call pays no cache reads
         noise_pred = noise_pred.float()
-        k = math.nan if previous is None else region_cache.gain(noise_pred, previous[2], sample, previous[1])
-        if not math.isfinite(k) and decision:  # the input did not move: hold the last gain
-            k = decision.get("k", math.nan)
         extra_chunks["cache"] = torch.stack([sample, sample, noise_pred])
+        k = (decision or {}).get("k", math.nan)
         cache_stats = _cache_stats(decision, k=k, acc=0.0, skips=0, pred=noise_pred)
     _sync(device)
     t_fwd = time.perf_counter() - t_fwd0
@@ -362,16 +361,16 @@ def _caching(plan: RenderPlan, key: TileKey) -> bool:
     return plan.cache is not None and key.stage == "refine"
 
 
-def _cache_window(store, plan: RenderPlan, key: TileKey, device):
-    """The previous step's cache at this tile's window: ``(x_prev, x_computed, o_computed)`` in
-    model layout, or ``None`` at the stage's first step."""
+def _cache_window(store, plan: RenderPlan, key: TileKey, device, back: int = 1):
+    """The cache of the step ``back`` steps before ``key``'s at this tile's window:
+    ``(x, x_computed, o_computed)`` in model layout, or ``None`` before the stage's first step."""
     st = plan.stage(key.stage)
-    if key.step == st.first:
+    if key.step - back < st.first:
         return None
     g = st.grid
     y0, x0 = st.origin(key)
     arr = store.read_region(
-        key.stage, "cache", key.step - 1, y0, x0, g.tile_h, g.tile_w, verify=(key.row, key.col)
+        key.stage, "cache", key.step - back, y0, x0, g.tile_h, g.tile_w, verify=(key.row, key.col)
     )
     return tuple(_to_model(arr[i], device) for i in range(len(region_cache.CACHE_FIELDS)))
 
@@ -394,8 +393,15 @@ def _decide(store, plan: RenderPlan, key: TileKey, sample, previous) -> region_c
     policy, n = plan.cache, len(st.steps)
     index = key.step - st.first
     rec = store.tile_record(key.stage, key.step - 1, key.row, key.col)
+    k = rec.get("cache_k", math.nan)
+    if rec.get("computed") == 1:
+        # the previous step ran the model: the gain between it and the region's compute before
+        older = _cache_window(store, plan, key, "cpu", back=2)
+        if older is not None:
+            fresh = region_cache.gain(previous[2], older[2], previous[1], older[1])
+            k = fresh if math.isfinite(fresh) else k  # an input that did not move: keep the last
     state = region_cache.TileCacheState(
-        k=rec.get("cache_k", math.nan),
+        k=k,
         acc=rec.get("cache_acc", 0.0) if math.isfinite(rec.get("cache_acc", math.nan)) else 0.0,
         skips=int(rec.get("cache_skips", 0) or 0) if math.isfinite(rec.get("cache_skips", math.nan)) else 0,
     )

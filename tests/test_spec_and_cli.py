@@ -36,15 +36,16 @@ def test_spec_files_reject_unknown_fields():
         RenderSpec.from_dict({"seed": 1})
 
 
-def test_cache_is_refused_until_it_exists():
-    with pytest.raises(SpecError) as info:
-        plan_render(
-            RenderSpec(
-                prompt="x",
-                cache={"enabled": True} and __import__("supergen_dask").CacheSettings(enabled=True),
-            )
-        )
-    assert info.value.field == "cache.enabled"
+def test_cache_option_of_the_cli():
+    from supergen_dask.cli import _cache_option
+
+    assert _cache_option("off") == {"enabled": False}
+    assert _cache_option("on") == {"enabled": True}
+    assert _cache_option("0.15") == {"enabled": True, "threshold": 0.15}
+    for bad in ("fast", "-1", "0", "nan", "inf"):
+        with pytest.raises(SpecError) as info:
+            _cache_option(bad)
+        assert info.value.field == "cache"
 
 
 def test_k_equal_to_steps_skips_the_sketch():
