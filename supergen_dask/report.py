@@ -118,6 +118,13 @@ table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding
 """
 
 
+# marks each picture the browser could show (``data-shown``), so a headless check can count them
+_MARK_SHOWN = (
+    "<script>addEventListener('load',()=>document.querySelectorAll('img').forEach("
+    "i=>{if(i.complete&&i.naturalWidth>0)i.dataset.shown='1'}))</script>"
+)
+
+
 def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...] | None = None) -> str:
     h = "<tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in header) + "</tr>" if header else ""
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
@@ -206,7 +213,7 @@ def render_html(records: list[dict[str, Any]], title: str = "supergen renders") 
     return (
         f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-        f'<p id="counts">{len(records)} renders: {html.escape(counts)}</p>{body}</body></html>'
+        f'<p id="counts">{len(records)} renders: {html.escape(counts)}</p>{body}{_MARK_SHOWN}</body></html>'
     )
 
 
