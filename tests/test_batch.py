@@ -277,3 +277,17 @@ def test_a_batch_file_that_cannot_be_used_is_one_error(tmp_path):
         text=True,
     )
     assert out.returncode == 2 and out.stderr.startswith("error:") and len(out.stderr.splitlines()) == 1
+
+
+def test_readme_batch_file_is_valid(tmp_path):
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    (text,) = re.findall(r"<!-- readme: batch -->\n```yaml\n(.*?)```", readme, re.S)
+    (tmp_path / "nightly.yaml").write_text(text)
+    defaults, entries, _ = load_batch(tmp_path / "nightly.yaml")
+    resolved = resolve_entries(defaults, entries, tmp_path)
+    assert [e.error for e in resolved] == [None] * 3
+    assert [(e.plan.spec.width, e.plan.spec.height) for e in resolved] == [(192, 128), (128, 128), (192, 128)]
+    assert resolved[2].plan.spec.output.crf == 12
+    assert len({e.render_dir for e in resolved}) == 3
