@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="supergen", description="Ultra-high-resolution video, sketch + shifted tiles on Dask."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    from pipelines.schedulers import SCHEDULER_ALIASES
+    from supergen_dask.spec import DTYPES, TILE_POLICIES
 
     r = sub.add_parser("render", help="render a video (resumes if the same spec was started before)")
     r.add_argument("--spec", help="a JSON or YAML spec file; command-line options override its fields")
@@ -109,12 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--scheduler",
-        metavar="{unipc,flow-euler,dpm++}",
+        metavar="{" + ",".join(SCHEDULER_ALIASES) + "}",
         help="scheduler override: unipc, flow-euler or dpm++ (default: the model's own scheduler)",
     )
     r.add_argument(
         "--dtype",
-        metavar="{float32,bfloat16,float16}",
+        metavar="{" + ",".join(DTYPES) + "}",
         help="compute dtype: float32, bfloat16 or float16 (default: float32)",
     )
     r.add_argument(
@@ -122,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--tile-policy",
-        metavar="{native,fit,whole}",
+        metavar="{" + ",".join(TILE_POLICIES) + "}",
         help="tile sizes: native (model-native tiles, canvas padded), fit (tiles shrunk to the canvas) or "
         "whole (one tile) (default: native)",
     )
