@@ -156,8 +156,10 @@ def resolve_entries(
 ) -> list[BatchEntry]:
     """Validate and plan every entry (pure planning, nothing written). Invalid entries carry
     their reason in ``error``; relative image paths are taken from ``base`` (the file's folder)."""
+    from supergen_dask.estimate import check_disk
     from supergen_dask.graph import default_render_dir
     from supergen_dask.plan import plan_render
+    from supergen_dask.preflight import check_output_dir
     from supergen_dask.spec import RenderSpec
 
     out = []
@@ -168,10 +170,13 @@ def resolve_entries(
             _image_check(fields, Path(base))
             entry.fields = fields
             entry.plan = plan_render(RenderSpec.from_dict(fields))
-            entry.render_dir = default_render_dir(entry.plan, root)
+            render_dir = default_render_dir(entry.plan, root)
+            check_output_dir(render_dir)  # where it goes is checked before anything is written
+            check_disk(entry.plan, render_dir)
+            entry.render_dir = render_dir
         except SpecError as exc:
             entry.error = f"invalid spec: {exc}"
-        except (ValueError, OSError) as exc:  # limits, model directories
+        except (ValueError, OSError) as exc:  # limits, model directories, output directory
             entry.error = " ".join(str(exc).split())
         out.append(entry)
     return out
