@@ -7,6 +7,8 @@ tile-addressed Zarr store. The public API:
 - ``plan_render(spec)`` -> ``RenderPlan``: validated, pure, serialisable;
 - ``render(spec, output_dir=None, client=None)`` / ``resume(render_dir)`` -> ``RenderResult``;
 - ``start_render(plan, dir, client)`` -> ``RenderJob`` (non-blocking) and ``render_batch(specs, client)``;
+- ``submit(specs, client)`` -> ``RenderHandle`` per spec at once (status, progress, video, xarray view,
+  stats, errors, decoded previews), ``show_progress(handles)``;
 - ``open_render(store_path, stage="refine")`` -> lazy ``xarray.Dataset`` of the latents;
 - ``make_cluster()`` / ``client_for()``: local CPU or dask-cuda clusters advertising a ``GPU`` resource.
 """
@@ -36,6 +38,7 @@ from supergen_dask.spec import (
     ShiftSettings,
     SpecError,
 )
+from supergen_dask.submit import RenderHandle, show_progress, submit
 
 __version__ = "0.1.0"
 
@@ -44,6 +47,7 @@ __all__ = [
     "CacheSettings",
     "OutputSettings",
     "RenderError",
+    "RenderHandle",
     "RenderExistsError",
     "RenderJob",
     "RenderPlan",
@@ -65,5 +69,7 @@ __all__ = [
     "render_batch",
     "resume",
     "run_render",
+    "show_progress",
     "start_render",
+    "submit",
 ]

@@ -6,6 +6,9 @@ supergen resume renders/a-red-circle-moving-right-1234abcd
 supergen info renders/a-red-circle-moving-right-1234abcd
 supergen verify renders/a-red-circle-moving-right-1234abcd
 supergen models
+supergen batch jobs.yaml                                   # nightly: idempotent, resumable
+supergen report renders/a-red-circle-moving-right-1234abcd renders/other
+supergen preview renders/a-red-circle-moving-right-1234abcd --step 3
 
 Exit codes: 0 done; 1 the render (or a check of it) failed, finished work is kept and
 ``supergen resume`` continues it; 2 bad input (spec, file, option, model directory, output
@@ -16,6 +19,8 @@ directory, cluster address), nothing written; 130 interrupted. Errors are one li
 from __future__ import annotations
 
 import argparse
+import functools
+import logging
 import sys
 import traceback
 from pathlib import Path
@@ -50,38 +55,89 @@ def _add_verbose(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="show the traceback of an error")
 
 
+@functools.cache
+def _default_spec():
+    from supergen_dask.spec import RenderSpec
+
+    return RenderSpec(prompt="x").resolved()
+
+
+def _d(field: str) -> str:
+    """The default model's value of a spec field, for help texts."""
+    try:
+        return f"toy-wan: {getattr(_default_spec(), field)}"
+    except Exception:  # noqa: BLE001 - help must print even if the model cannot load
+        return "see `supergen models`"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="supergen", description="Ultra-high-resolution video, sketch + shifted tiles on Dask."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    from pipelines.schedulers import SCHEDULER_ALIASES
+    from supergen_dask.spec import DTYPES, TILE_POLICIES
 
     r = sub.add_parser("render", help="render a video (resumes if the same spec was started before)")
     r.add_argument("--spec", help="a JSON or YAML spec file; command-line options override its fields")
-    r.add_argument("--prompt")
-    r.add_argument("--negative-prompt")
-    r.add_argument("--height", type=int, help="output height in pixels (default: 2x native)")
-    r.add_argument("--width", type=int, help="output width in pixels (default: 2x native)")
-    r.add_argument("--num-frames", type=int)
-    r.add_argument("--num-inference-steps", type=int)
-    r.add_argument("--refine-steps", type=int, help="SuperGen's k: tiled steps after re-noising the sketch")
-    r.add_argument("--guidance-scale", type=float)
-    r.add_argument("--seed", type=int)
-    r.add_argument("--model", help="model name (see `supergen models`) or a local diffusers directory")
-    r.add_argument("--scheduler", help="scheduler override: unipc, flow-euler or dpm++")
-    r.add_argument("--dtype", help="compute dtype: float32 (default), bfloat16, float16")
-    r.add_argument("--fps", type=int)
-    r.add_argument("--tile-policy", help="native (default) or fit")
+    r.add_argument("--prompt", help="what to render (required here or in --spec)")
+    r.add_argument("--negative-prompt", help='what to steer away from (default: "")')
+    r.add_argument(
+        "--height", type=int, help=f"output height in pixels (default: 2x the model's native; {_d('height')})"
+    )
+    r.add_argument(
+        "--width", type=int, help=f"output width in pixels (default: 2x the model's native; {_d('width')})"
+    )
+    r.add_argument("--num-frames", type=int, help=f"frames (default: the model's native; {_d('num_frames')})")
+    r.add_argument(
+        "--num-inference-steps",
+        type=int,
+        help=f"denoising steps (default: the model's; {_d('num_inference_steps')})",
+    )
+    r.add_argument(
+        "--refine-steps",
+        type=int,
+        help=f"SuperGen's k: tiled steps after re-noising the sketch (default: a fraction of the steps; {_d('refine_steps')})",
+    )
+    r.add_argument(
+        "--guidance-scale",
+        type=float,
+        help=f"classifier-free guidance (default: the model's; {_d('guidance_scale')})",
+    )
+    r.add_argument("--seed", type=int, help="noise seed (default: 0)")
+    r.add_argument(
+        "--model",
+        help="model name (see `supergen models`) or a local diffusers directory (default: toy-wan)",
+    )
+    r.add_argument(
+        "--scheduler",
+        metavar="{" + ",".join(SCHEDULER_ALIASES) + "}",
+        help="scheduler override: unipc, flow-euler or dpm++ (default: the model's own scheduler)",
+    )
+    r.add_argument(
+        "--dtype",
+        metavar="{" + ",".join(DTYPES) + "}",
+        help="compute dtype: float32, bfloat16 or float16 (default: float32)",
+    )
+    r.add_argument(
+        "--fps", type=int, help=f"frames per second of the video (default: the model's; {_d('fps')})"
+    )
+    r.add_argument(
+        "--tile-policy",
+        metavar="{" + ",".join(TILE_POLICIES) + "}",
+        help="tile sizes: native (model-native tiles, canvas padded), fit (tiles shrunk to the canvas) or "
+        "whole (one tile) (default: native)",
+    )
     r.add_argument("--no-shift", action="store_true", help="keep the tile grid fixed (seams will show)")
-    r.add_argument("--shift-divisions", type=int, help="shift stride = tile / divisions (default 16)")
-    r.add_argument("--shift-every", type=int, help="shift every N steps (default 1)")
+    r.add_argument("--shift-divisions", type=int, help="shift stride = tile / divisions (default: 16)")
+    r.add_argument("--shift-every", type=int, help="shift every N steps (default: 1)")
     r.add_argument(
         "--cache",
         help="region-aware residual cache: off (default), on (the model family's threshold) or a "
         "threshold tau, e.g. 0.2 (see README: The residual cache)",
     )
     r.add_argument("--lossless", action="store_true", help="lossless RGB H.264 instead of yuv420p")
-    r.add_argument("--crf", type=int, help="H.264 quality (0-51, default 18)")
+    r.add_argument("--crf", type=int, help="H.264 quality, 0-51 (default: 18)")
     r.add_argument("--output-dir", help="render directory (default: <store-root>/<prompt>-<spec hash>)")
     r.add_argument("--overwrite", action="store_true", help="replace a different render in --output-dir")
     r.add_argument(
@@ -139,6 +195,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="render nothing: merge these evaluate reports (e.g. 4x from one machine, 16x from another) into --out",
     )
     _add_cluster_args(e)
+
+    b = sub.add_parser(
+        "batch",
+        help="render every entry of a YAML batch file; re-running skips finished renders and resumes the rest",
+        description="Exit codes: 0 every render finished (or was already); 1 a render failed after its "
+        "retries (run the batch again to resume it); 2 an entry or the file was invalid (valid entries "
+        "were still rendered).",
+    )
+    b.add_argument("batch_file", help="YAML/JSON: `defaults:` (spec fields) and a list `renders:` of entries")
+    b.add_argument(
+        "--store-root", help="where the renders go (default: the file's store_root, else supergen.store-root)"
+    )
+    b.add_argument("--retries", type=int, help="re-runs of a failed render, each resuming it (default: 1)")
+    b.add_argument("--parallel", type=int, default=2, help="renders in flight at once (default: 2)")
+    b.add_argument("--report", help="report folder (default: <store-root>/<batch file name>-report)")
+    b.add_argument("--no-report", action="store_true", help="write no HTML report")
+    _add_cluster_args(b)
+
+    rp = sub.add_parser("report", help="an HTML page (and JSON) over render directories")
+    rp.add_argument("render_dirs", nargs="+", help="render directories")
+    rp.add_argument("--out", default="renders/report", help="report folder (default: renders/report)")
+    _add_verbose(rp)
+
+    pv = sub.add_parser("preview", help="decode a stored intermediate step to a picture or a clip")
+    pv.add_argument("render_dir")
+    pv.add_argument(
+        "--step", type=int, required=True, help="the schedule step to decode (see `supergen info`)"
+    )
+    pv.add_argument("--stage", choices=("refine", "sketch"), default="refine", help="stage (default: refine)")
+    pv.add_argument("--frame", type=int, help="one frame as the picture (default: a sheet of 4 frames)")
+    pv.add_argument("--out", help="a .png or .mp4 path (default: <render_dir>/preview-<stage>-<step>.png)")
+    _add_verbose(pv)
 
     _add_verbose(
         sub.add_parser("models", help="list the built-in models and the model families with their defaults")
@@ -289,6 +377,66 @@ def _evaluate(args) -> int:
     return 0
 
 
+class _QuietShutdown(logging.Filter):
+    """Drops the nanny's "still alive after N seconds, killing" warnings of a cluster shutdown."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "still alive after" not in record.getMessage()
+
+
+def _batch(args) -> int:
+    from supergen_dask.batch import (
+        batch_exit_code,
+        load_batch,
+        print_outcome,
+        resolve_entries,
+        run_batch,
+        summary_table,
+    )
+    from supergen_dask.cluster import client_for
+
+    defaults, entries, options = load_batch(args.batch_file)
+    root = Path(args.store_root or options.get("store_root") or config_get("store-root"))
+    retries = args.retries if args.retries is not None else options.get("retries", 1)
+    if not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+    if args.parallel < 1:
+        raise ValueError(f"--parallel must be >= 1, got {args.parallel}")
+    resolved = resolve_entries(defaults, entries, root, base=Path(args.batch_file).parent)
+    total = len(resolved)
+    for e in resolved:
+        if e.error is not None:
+            print(f"error: entry {e.index}: {e.error}", file=sys.stderr, flush=True)
+    outcomes = []
+    if any(e.error is None for e in resolved):
+        with client_for(None, **_cluster_kwargs(args)) as client:
+            outcomes = run_batch(
+                resolved,
+                client,
+                retries=retries,
+                parallel=args.parallel,
+                on_outcome=None if args.no_progress else lambda o: print_outcome(o, total),
+            )
+    else:
+        outcomes = run_batch(resolved, None, retries=retries)
+    print(summary_table(outcomes))
+    if not args.no_report:
+        from supergen_dask.report import write_report
+
+        dirs = [o.entry.render_dir for o in outcomes if o.entry.render_dir is not None]
+        dirs = list(dict.fromkeys(dirs))
+        out = Path(args.report) if args.report else root / f"{Path(args.batch_file).stem}-report"
+        if dirs:
+            print(f"report: {write_report(dirs, out, title=f'batch {Path(args.batch_file).name}')}")
+    return batch_exit_code(outcomes)
+
+
+def config_get(key: str):
+    from supergen_dask import config
+
+    return config.get(key)
+
+
 def _check_cluster_args(args) -> None:
     """Cluster options that could never start a worker are bad input, refused before any work."""
     for option, value in (("--workers", args.workers), ("--workers-per-gpu", args.workers_per_gpu)):
@@ -406,6 +554,21 @@ def _main(args: argparse.Namespace, where: dict[str, Any]) -> int:
         return 0
     if args.command == "verify":
         return _verify(args.render_dir, args.repair)
+    if args.command == "report":
+        from supergen_dask.report import write_report
+
+        for d in args.render_dirs:
+            if not Path(d).is_dir():
+                raise FileNotFoundError(f"{d}: no such render directory")
+        print(f"report: {write_report(args.render_dirs, args.out)}")
+        return 0
+    if args.command == "preview":
+        from supergen_dask.preview import write_preview
+
+        print(
+            f"preview: {write_preview(args.render_dir, args.step, args.out, stage=args.stage, frame=args.frame)}"
+        )
+        return 0
 
     import dask.config
 
@@ -417,8 +580,13 @@ def _main(args: argparse.Namespace, where: dict[str, Any]) -> int:
     from supergen_dask.preflight import check_output_dir
 
     _check_cluster_args(args)
+    # a local cluster's nannies warn while stopping workers that take a moment to exit: noise in
+    # a normal run's output (a worker dying mid-run is still reported)
+    logging.getLogger("distributed.nanny").addFilter(_QuietShutdown())
     if args.command == "evaluate":
         return _evaluate(args)
+    if args.command == "batch":
+        return _batch(args)
 
     force = getattr(args, "force", False)
     with dask.config.set({"supergen.limits.enabled": False} if force else {}):

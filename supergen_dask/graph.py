@@ -30,6 +30,7 @@ from supergen_dask.cache import scale_index
 from supergen_dask.geometry import TileKey
 from supergen_dask.plan import RenderPlan, plan_render
 from supergen_dask.spec import RenderSpec
+from supergen_dask.timings import stage_timings
 
 __all__ = [
     "RenderError",
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 STORE_NAME = "render.zarr"
 VIDEO_NAME = "video.mp4"
+SKETCH_VIDEO_NAME = "sketch.mp4"  # the sketch as a clip, written as soon as stage 1 ends
 
 
 class RenderError(RuntimeError):
@@ -352,6 +354,16 @@ class _Graph:
             last = [self.tiles.get(k) for k in plan.sketch.keys(plan.sketch.last)]
             priority = self.total_steps - rf.first + 1
             pixels = self.named_task("upscale", tasks.upscale_sketch, deps=last, priority=priority)
+            sketch_video = self.video_path.with_name(SKETCH_VIDEO_NAME)
+            if not sketch_video.exists() and not self.video_path.exists():
+                self.named_task(
+                    "sketchpreview",
+                    tasks.sketch_preview,
+                    str(sketch_video),
+                    deps=[pixels],
+                    gpu=False,
+                    force=True,
+                )
             entry = {
                 (r, c): self.named_task(
                     f"start_{r}_{c}",
@@ -476,6 +488,7 @@ class RenderJob:
                 seconds=round(time.perf_counter() - self._t0, 3),
                 workers=workers,
                 gpus=gpus,
+                stages=stage_timings(receipts),
             )
             self.store.update_attrs(sessions=self._sessions)
             for fut in self.futures:

@@ -39,6 +39,7 @@ __all__ = [
     "encode_segment",
     "encode_output",
     "measure_quality",
+    "sketch_preview",
     "worker_code",
     "worker_name",
 ]
@@ -677,3 +678,16 @@ def measure_quality(plan: RenderPlan, url: str, instance: str, *deps) -> dict:
     t0 = time.perf_counter()
     store = _store(url, instance)
     return _receipt("quality", "quality", t0, quality=render_quality(plan, store))
+
+
+def sketch_preview(plan: RenderPlan, url: str, instance: str, path: str, *deps) -> dict:
+    """The decoded sketch as a clip (``sketch.mp4`` beside the video), as soon as stage 1 ends."""
+    from pathlib import Path
+
+    from supergen_dask.preview import write_clip
+
+    t0 = time.perf_counter()
+    if Path(path).exists():
+        return _receipt("preview", "sketch_preview", t0, skipped=True)
+    info = write_clip(_store(url, instance).read_sketch_pixels(), path, fps=plan.spec.fps)
+    return _receipt("preview", "sketch_preview", t0, path=info.path, frames=info.frames)

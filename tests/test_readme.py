@@ -48,6 +48,8 @@ def test_readme_render_command(tmp_path):
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    # a normal render's output: the plan, the bar, the paths; no worker-shutdown warnings
+    assert "WARNING" not in done.stderr and "still alive" not in done.stderr, done.stderr[-3000:]
     video = re.search(r"^video: (.+)$", done.stdout, re.M).group(1)
     assert (tmp_path / video).stat().st_size > 0
     assert re.search(r"^store: .+render\.zarr$", done.stdout, re.M)

@@ -1,0 +1,130 @@
+"""Notebook submission handles, the sketch clip written after stage 1, and `supergen preview`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import tiny_spec
+from PIL import Image
+
+import supergen_dask as sd
+from storage import probe_video, read_video
+from supergen_dask.preview import contact_sheet, stored_steps
+from supergen_dask.submit import wait_all
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def handles(tmp_path_factory, request):
+    client = request.getfixturevalue("client")
+    root = tmp_path_factory.mktemp("submit")
+    specs = [
+        tiny_spec(prompt="a red circle moving right", num_inference_steps=5, refine_steps=3),
+        tiny_spec(prompt="a green square moving left", num_inference_steps=5, refine_steps=3, seed=2),
+        tiny_spec(prompt="a red circle moving right", num_inference_steps=5, refine_steps=3),  # same as 0
+        tiny_spec(prompt="too loud", num_inference_steps=5, refine_steps=3, guidance_scale=1e30),
+    ]
+    hs = sd.submit(specs, client, root)
+    first = [h.status for h in hs]
+    assert wait_all(hs, timeout=600)
+    return hs, first
+
+
+def test_submit_returns_at_once_and_handles_follow_each_render(handles):
+    hs, first = handles
+    assert first[0] == "running"  # submit returned before the renders ran
+    assert hs[0] is hs[2]  # the same spec twice is one render
+    ok, loud = hs[:2], hs[3]
+    for h in ok:
+        assert h.status == "finished" and not h.errors
+        assert h.video is not None and probe_video(h.video).frames == h.plan.spec.num_frames
+        done, total = h.progress()
+        assert done == total > 0
+        s = h.stats
+        assert s["refine_tiles_done"][0] == s["refine_tiles_done"][1]
+        assert {"sketch", "refine", "encode"} <= set(s["stages"])
+        ds = h.dataset()
+        assert ds.latents.dims == ("step", "frame", "channel", "y", "x") and bool(ds.done.all())
+    assert loud.status == "failed" and loud.video is None
+    assert len(loud.errors) == 1 and ("NaN" in loud.errors[0] or "inf" in loud.errors[0]), loud.errors
+    with pytest.raises(sd.RenderError):
+        loud.result()
+
+
+def test_sketch_clip_is_written_when_stage_one_ends(handles):
+    h = handles[0][0]
+    clip = h.render_dir / "sketch.mp4"
+    info = probe_video(clip)
+    sketch = h.plan.sketch
+    assert (info.height, info.width) == h.plan.sketch_pixel_size and info.frames == h.plan.spec.num_frames
+    # written right after the sketch's decode, before stage 2 finished
+    from storage import RenderStore
+
+    assert sketch is not None
+    stats = RenderStore.open(str(h.store_path), mode="r").tile_stats("refine")
+    assert clip.stat().st_mtime < float(np.nanmax(stats["started"] + stats["seconds"]))
+    # the clip shows the stored sketch pixels (H.264 loses a little)
+    pixels = RenderStore.open(str(h.store_path), mode="r").read_sketch_pixels()
+    assert np.abs(read_video(clip).astype(int) - pixels.astype(int)).mean() < 8
+
+
+def test_preview_command_decodes_any_stored_step(handles, tmp_path):
+    h = handles[0][0]
+    steps = stored_steps(h.render_dir)
+    assert steps == list(h.plan.refine.steps)
+    mid = steps[len(steps) // 2]
+    png = tmp_path / "mid.png"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "supergen_dask.cli",
+            "preview",
+            str(h.render_dir),
+            "--step",
+            str(mid),
+            "--out",
+            str(png),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    pixels = h.preview(mid)
+    assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), contact_sheet(pixels, 4))
+    # the last step decodes to the video's size (whole-canvas decode; the video's is by regions)
+    from storage import RenderStore
+
+    assert h.preview(steps[-1]).shape == RenderStore.open(str(h.store_path), mode="r").decoded_frames().shape
+    clip = tmp_path / "sketch-step.mp4"
+    sk = h.plan.sketch.steps[0]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "supergen_dask.cli",
+            "preview",
+            str(h.render_dir),
+            "--step",
+            str(sk),
+            "--stage",
+            "sketch",
+            "--out",
+            str(clip),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert probe_video(clip).frames == h.plan.spec.num_frames
+    bad = subprocess.run(
+        [sys.executable, "-m", "supergen_dask.cli", "preview", str(h.render_dir), "--step", "999"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "999" in bad.stderr
+    assert len(bad.stderr.splitlines()) == 1
