@@ -199,7 +199,12 @@ def _diffusers_class(class_name: str):
     with _IMPORT_LOCK:
         deadline = time.monotonic() + 30
         while True:
-            cls = getattr(importlib.import_module(DIFFUSERS_MODULES[class_name]), class_name, None)
+            try:
+                cls = getattr(importlib.import_module(DIFFUSERS_MODULES[class_name]), class_name, None)
+            except (ImportError, AttributeError):  # a dependency half-imported by another thread
+                if time.monotonic() > deadline:
+                    raise
+                cls = None
             if cls is not None or time.monotonic() > deadline:
                 return cls
             time.sleep(0.2)
