@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scheduler", help="scheduler override: unipc, flow-euler or dpm++")
     r.add_argument("--dtype", help="compute dtype: float32 (default), bfloat16, float16")
     r.add_argument("--fps", type=int)
-    r.add_argument("--tile-policy", help="native (default) or fit")
+    r.add_argument("--tile-policy", help="balanced (default: fewest tiles of at most native size, evenly sized), native or fit")
     r.add_argument("--no-shift", action="store_true", help="keep the tile grid fixed (seams will show)")
     r.add_argument("--shift-divisions", type=int, help="shift stride = tile / divisions (default 16)")
     r.add_argument("--shift-every", type=int, help="shift every N steps (default 1)")

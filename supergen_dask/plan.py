@@ -255,7 +255,8 @@ class RenderPlan:
         lines.append(
             f"refine {len(self.refine.steps)} of {s.num_inference_steps} steps on a {g.rows}x{g.cols} grid of "
             f"{g.tile_w * f}x{g.tile_h * f} px tiles (canvas {g.canvas_w * f}x{g.canvas_h * f}, "
-            f"shift {self.refine.shift.stride_x}x{self.refine.shift.stride_y} latent px every {self.refine.shift.every})"
+            f"shift {self.refine.shift.stride_x}x{self.refine.shift.stride_y} latent px every {self.refine.shift.every}; "
+            f"{s.tile_policy} tiles, {g.padding_waste:+.1%} compute on padding)"
         )
         lines.append(self.estimate().summary())
         return "\n".join(lines)

@@ -17,6 +17,7 @@ from typing import Any
 
 from pipelines import ModelInfo, UnknownModelError, available_models, model_info
 from pipelines.schedulers import SCHEDULER_ALIASES
+from supergen_dask.geometry import TILE_POLICIES
 
 __all__ = [
     "SpecError",
@@ -31,7 +32,6 @@ __all__ = [
 
 DTYPES = ("float32", "bfloat16", "float16")
 STORE_DTYPES = ("float32", "float16")
-TILE_POLICIES = ("native", "fit", "whole")
 CODECS = ("h264", "lossless")
 
 
@@ -241,7 +241,7 @@ class RenderSpec:
     scheduler: str | None = None
     dtype: str = "float32"
     fps: int | None = None
-    tile_policy: str = "native"
+    tile_policy: str = "balanced"
     sketch_height: int | None = None
     sketch_width: int | None = None
     shift: ShiftSettings = field(default_factory=ShiftSettings)

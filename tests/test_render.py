@@ -61,7 +61,7 @@ def _reference_stage(plan, store: RenderStore, stage_name: str) -> list[torch.Te
 
 @pytest.mark.parametrize("scheduler, anchor", [("unipc", 0.0), ("flow-euler", 0.0), ("unipc", 0.6)])
 def test_tiles_equal_full_canvas_reference(tmp_path, client, scheduler, anchor):
-    # 96x160 px -> 12x20 latent cells on a padded 16x24 canvas of 8x8 tiles: shifting wraps tiles
+    # 96x160 px -> 12x20 latent cells on a padded 12x24 canvas of 6x8 tiles: shifting wraps tiles
     # around both edges, so the reference exercises torus wrap, padding and the shifted reads.
     spec = tiny_spec(
         height=96,
