@@ -75,7 +75,16 @@ class StagePlan:
         cells = self.grid.covering(y0, x0, h, w, self.offset(step))
         return [TileKey(self.name, step, r, c) for r, c in cells]
 
-    def layout(self, slots: dict[str, int], dtype: str, anchor: bool = False) -> StageLayout:
+    def layout(
+        self,
+        slots: dict[str, int],
+        dtype: str,
+        anchor: bool = False,
+        keep_every: int = 1,
+        keep_history: bool = True,
+    ) -> StageLayout:
+        from supergen_dask.retention import kept_steps
+
         g = self.grid
         return StageLayout(
             name=self.name,
@@ -94,6 +103,8 @@ class StagePlan:
             dtype=dtype,
             anchor=anchor,
             branches=2 if self.split_guidance else 0,
+            kept=None if keep_every == 1 else kept_steps(self.steps, keep_every),
+            keep_history=keep_history,
         )
 
     def to_dict(self) -> dict:
@@ -197,7 +208,28 @@ class RenderPlan:
         names += [f"decode_{r.row}_{r.col}" for r in self.decode_regions()]
         names += [f"segment_{i}" for i in range(len(self.encode_segments()))]
         names.append("encode")
+        names += self.free_tasks()
         return tuple(names)
+
+    def stage_layouts(self) -> tuple[StageLayout, ...]:
+        """Each stage's storage layout (dtype, state slots, retention)."""
+        out = self.spec.output
+        return tuple(
+            s.layout(
+                self.state_slots,
+                out.store_dtype,
+                anchor=self.anchored and s.name == "refine",
+                keep_every=1 if out.keep_every is None else out.keep_every,
+                keep_history=True if out.keep_history is None else out.keep_history,
+            )
+            for s in self.stages
+        )
+
+    def free_tasks(self) -> list[str]:
+        """One task per step whose chunks retention frees (``supergen_dask.retention``)."""
+        from supergen_dask.retention import free_task
+
+        return [free_task(lay.name, step) for lay in self.stage_layouts() for step in lay.steps if lay.freed(step)]
 
     def encode_segments(self) -> list[tuple[int, int]]:
         """Pixel-frame ranges ``[start, stop)`` encoded as separate segments, of balanced length."""
@@ -219,14 +251,10 @@ class RenderPlan:
         return estimate_plan(self)
 
     def layout(self) -> RenderLayout:
-        slots = self.state_slots
-        dtype = self.spec.output.store_dtype
         g = self.refine.grid
         sp = self.sketch_pixel_size
         return RenderLayout(
-            stages=tuple(
-                s.layout(slots, dtype, anchor=self.anchored and s.name == "refine") for s in self.stages
-            ),
+            stages=self.stage_layouts(),
             decode=DecodeLayout(
                 frames=self.pixel_frames,
                 scale=self.model.spatial_factor,
@@ -258,7 +286,8 @@ class RenderPlan:
             f"shift {self.refine.shift.stride_x}x{self.refine.shift.stride_y} latent px every {self.refine.shift.every}; "
             f"{s.tile_policy} tiles, {g.padding_waste:+.1%} compute on padding)"
         )
-        lines.append(self.estimate().summary())
+        est = self.estimate()
+        lines.append(est.summary())
         return "\n".join(lines)
 
     # -- serialisation ----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from supergen_dask import worker_models
 from supergen_dask.geometry import TileKey
 from supergen_dask.noise import position_noise, window_noise
 from supergen_dask.plan import RenderPlan, StagePlan
-from supergen_dask.stepping import RegionStep, check_finite, initial_noise_sigma, renoise
+from supergen_dask.stepping import NonFiniteError, RegionStep, check_finite, initial_noise_sigma, renoise
 from supergen_dask.upscale import context_window, upscale_window
 
 __all__ = [
@@ -82,9 +82,16 @@ def _to_model(x: np.ndarray, device) -> torch.Tensor:
 
 
 def _to_store(x: torch.Tensor, dtype: str) -> np.ndarray:
-    """Model layout ``(1, C, F, h, w)`` -> stored ``(F, C, h, w)``."""
+    """Model layout ``(1, C, F, h, w)`` -> stored ``(F, C, h, w)``; a value beyond float16's range
+    (65504) raises instead of being stored as infinity."""
     # no extra copy on the hot path: the store makes the one contiguous copy it writes
-    return x[0].permute(1, 0, 2, 3).float().cpu().numpy().astype(dtype, copy=False)
+    out = x[0].permute(1, 0, 2, 3).float().cpu().numpy().astype(dtype, copy=False)
+    if out.dtype == np.float16 and np.isinf(out).any() and np.isfinite(x.float().cpu().numpy()).all():
+        raise NonFiniteError(
+            "latents or scheduler history beyond float16's range (65504): "
+            "store in float32 (output.store_dtype: float32)"
+        )
+    return out
 
 
 def _to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -260,13 +267,11 @@ def _finish_tile(store, plan: RenderPlan, key: TileKey, new, new_state, stats: d
     st = plan.stage(key.stage)
     g = st.grid
     t_write0 = time.perf_counter()
-    slots = plan.state_slots
+    slots, dtype = plan.state_slots, plan.spec.output.store_dtype
     for sname, values in new_state.items():
-        arr = np.full(
-            (slots[sname], st.latent_frames, st.channels, g.tile_h, g.tile_w), np.nan, dtype=np.float32
-        )
+        arr = np.full((slots[sname], st.latent_frames, st.channels, g.tile_h, g.tile_w), np.nan, dtype=dtype)
         for s, v in values.items():
-            arr[s] = _to_store(v, "float32")
+            arr[s] = _to_store(v, dtype)
         store.write_tile(key.stage, f"state_{sname}", key.step, key.row, key.col, arr)
     store.write_tile(
         key.stage, "latents", key.step, key.row, key.col, _to_store(new, plan.spec.output.store_dtype)
