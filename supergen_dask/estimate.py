@@ -2,7 +2,9 @@
 
 The estimate is arithmetic on the plan (no store, no model): tile tasks, the bytes of the store
 once the render is finished (uncompressed, what retention keeps) and while it runs, the data the
-largest task holds in memory (plus the model's weights when they are files on disk). Limits live in ``dask.config``
+largest task holds in memory (plus the model's weights when they are files on disk), and, from
+the model's measured cost on one GPU, the peak GPU memory of a worker and the denoising time
+(``supergen_dask.gpu_cost``: estimates for that card, labelled as such). Limits live in ``dask.config``
 under ``supergen.limits``; a plan over one is refused with the numbers and the setting to raise.
 """
 
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 import dask.utils
 
 from supergen_dask import config
+from supergen_dask.gpu_cost import GpuCost, gpu_cost
 
 if TYPE_CHECKING:
     from supergen_dask.plan import RenderPlan
@@ -45,6 +48,8 @@ class RenderEstimate:
     weights_bytes: int | None
     # the store while the render runs: what stays plus the steps not yet freed (retention)
     store_peak_bytes: int | None = None
+    # ``supergen_dask.gpu_cost``: an estimate for one card in bf16 (None: no model config)
+    gpu: GpuCost | None = None
 
     @property
     def worker_bytes(self) -> int:
@@ -55,7 +60,7 @@ class RenderEstimate:
         return {**asdict(self), "worker_bytes": self.worker_bytes}
 
     def summary(self) -> str:
-        """One line: tasks, store and host memory."""
+        """One line: tasks, store and host memory (``gpu.summary()`` says the GPU part)."""
         weights = "" if self.weights_bytes is None else f" + {_b(self.weights_bytes)} weights"
         peak = ""
         if self.store_peak_bytes is not None and self.store_peak_bytes > self.store_bytes:
@@ -160,6 +165,8 @@ def estimate_plan(plan: RenderPlan) -> RenderEstimate:
     tasks["decode"] = pix_frames * 3 * wh * ww * f * f * (4 * 2 + 1) + frames * C * wh * ww * 4 * 2
     tasks["encode"] = min(16, pix_frames) * g.valid_h * g.valid_w * f * f * 3 * (4 + 2)
     task = max(tasks, key=tasks.get)
+    from pipelines import transformer_config
+
     store = sum(parts.values())
     return RenderEstimate(
         tile_tasks=plan.n_tile_tasks(),
@@ -169,6 +176,7 @@ def estimate_plan(plan: RenderPlan) -> RenderEstimate:
         task=task,
         weights_bytes=_weights_bytes(plan.spec.model),
         store_peak_bytes=store + _unfreed_bytes(plan),
+        gpu=gpu_cost(plan, transformer_config(plan.spec.model)),
     )
 
 

@@ -288,6 +288,8 @@ class RenderPlan:
         )
         est = self.estimate()
         lines.append(est.summary())
+        if est.gpu is not None:
+            lines.append(est.gpu.summary())
         return "\n".join(lines)
 
     # -- serialisation ----------------------------------------------------------------------------
