@@ -94,8 +94,9 @@ def _isize(dtype: str) -> int:
 
 def layout_nbytes(layout: RenderLayout) -> dict[str, int]:
     """Bytes the chunks of a render's arrays take once it is finished (every chunk written, those
-    that retention frees deleted), uncompressed, by kind: ``latents`` (start, anchor, per-step latents), ``state`` (scheduler history), ``pixels``
-    (decoded regions and sketch pixels) and ``records`` (markers, stats, checksums, embeddings)."""
+    that retention frees deleted), uncompressed, by kind: ``latents`` (start, anchor, per-step
+    latents), ``state`` (scheduler history), ``pixels`` (decoded regions and sketch pixels) and
+    ``records`` (markers, stats, checksums, embeddings)."""
     out = {"latents": 0, "state": 0, "pixels": 0, "records": 0}
     for st in layout.stages:
         canvas = st.frames * st.channels * st.canvas_h * st.canvas_w
