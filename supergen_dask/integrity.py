@@ -23,6 +23,7 @@ from pathlib import Path
 
 from storage import ChunkCorruptError, RenderStore
 from storage.store import checked_arrays, start_arrays
+from supergen_dask.geometry import TileKey
 from supergen_dask.plan import RenderPlan, StagePlan
 from supergen_dask.retention import free_task, freed_arrays
 
@@ -150,9 +151,14 @@ def _check(plan: RenderPlan, store: RenderStore, chunk: tuple, gone: dict | None
 
 
 def _redo(plan: RenderPlan, store: RenderStore, chunk: tuple, gone: dict | None = None) -> None:
-    """Clear the done marker of the work that wrote ``chunk``. A tile whose inputs retention has
-    freed is recomputed from its stage's start: every step up to it is redone (deterministic, so
-    to the same bytes), and so are the free tasks of those steps."""
+    """Clear the done marker of the work that wrote ``chunk`` (and of the task freeing its step,
+    which must free what the redo writes again).
+
+    A tile whose inputs retention has freed is recomputed from its stage's start: every step up
+    to it is redone (deterministic, so to the same bytes). In a stage whose guidance branches are
+    separate tasks a step is finished by the next step's branch tasks, which a finished next step
+    does not run again: there every step from the damaged one to the stage's last is redone.
+    """
     kind = chunk[0]
     if kind == "tile":
         _, stage, step, row, col = chunk
@@ -162,20 +168,21 @@ def _redo(plan: RenderPlan, store: RenderStore, chunk: tuple, gone: dict | None 
                 f"{store.url}: {stage} step {step} tile ({row}, {col}) is corrupt and the steps it is "
                 "computed from were pruned; render again with --overwrite"
             )
-        if step != st.first and (stage, step - 1) in (gone or {}):
+        freed_inputs = step != st.first and (stage, step - 1) in (gone or {})
+        lo = st.first if freed_inputs else step
+        hi = st.last if st.split_guidance else step
+        if freed_inputs:
             log.warning(
-                "%s step %d tile (%d, %d): the step before it was freed by retention; "
-                "redoing %s steps %d..%d",
-                stage, step, row, col, stage, st.first, step,
+                "%s step %d tile (%d, %d): the step before it was freed by retention; redoing steps %d..%d",
+                stage, step, row, col, lo, hi,
             )
-            tasks = store.tasks_done()
-            for s in range(step, st.first - 1, -1):
-                for key in st.keys(s):
-                    store.clear_done(stage, s, key.row, key.col)
-                if tasks.get(free_task(stage, s)):
-                    store.clear_task_done(free_task(stage, s))
-            return
-        store.clear_done(stage, step, row, col)
+        tasks = store.tasks_done()
+        for s in range(hi, lo - 1, -1):
+            keys = st.keys(s) if (lo, hi) != (step, step) else [TileKey(stage, step, row, col)]
+            for key in keys:
+                store.clear_done(stage, s, key.row, key.col)
+            if tasks.get(free_task(stage, s)):
+                store.clear_task_done(free_task(stage, s))
     elif kind == "start":
         store.clear_task_done(_start_task(plan, *chunk[1:]))
     elif kind == "prompt":

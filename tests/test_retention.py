@@ -114,21 +114,31 @@ def test_thinned_store_verifies_and_its_view_says_which_steps_exist(thin, capsys
     assert np.isfinite(sketch.latents.sel(step=sketch.attrs["steps_kept"]).values).all()
 
 
+@pytest.mark.parametrize(
+    "chunk, stage, where",
+    [
+        ("refine/latents/c/3/0/0/1/2", "refine", "refine/latents step 5 tile (1, 2)"),  # final step
+        # a kept middle step of the sketch, whose steps are finished by the next step's branches
+        ("sketch/latents/c/3/0/0/0/0", "sketch", "sketch/latents step 3 tile (0, 0)"),
+    ],
+)
 def test_damage_after_its_inputs_were_freed_is_recomputed_from_the_stage_start(
-    tmp_path, thin, client, capsys
+    tmp_path, thin, client, capsys, chunk, stage, where
 ):
     out = tmp_path / "r"
     shutil.copytree(thin, out)
-    chunk = out / "render.zarr" / "refine/latents/c/3/0/0/1/2"  # final step, tile (1, 2)
-    data = bytearray(chunk.read_bytes())
+    path = out / "render.zarr" / chunk
+    data = bytearray(path.read_bytes())
     data[100:164] = bytes(b ^ 0x5A for b in data[100:164])
-    chunk.write_bytes(bytes(data))
+    path.write_bytes(bytes(data))
     assert main(["verify", str(out), "--repair"]) == 1
     problems = [line for line in capsys.readouterr().out.splitlines() if "corrupt chunk" in line]
-    assert len(problems) == 1 and "refine/latents step 5 tile (1, 2)" in problems[0], problems
-    result = sd.resume(out, client=client, progress=False)
-    redone = [r["name"] for r in result.receipts if r.get("task") == "denoise"]
-    assert len(redone) == len(result.plan.refine.all_keys())  # the stage, from its start
+    assert len(problems) == 1 and where in problems[0], problems
+    sd.resume(out, client=client, progress=False)
+    store = RenderStore.open(str(out / "render.zarr"), mode="r")
+    for st in store.layout.stages:  # the damaged stage redone from its start, the other kept
+        sessions = store.tile_stats(st.name)["session"]
+        assert (sessions == (2 if st.name == stage else 1)).all(), (st.name, sessions)
     assert verify_render(out).ok
     assert_renders_identical(thin, out)
 
