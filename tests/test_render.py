@@ -162,7 +162,9 @@ def test_sketch_with_split_guidance_resumes_to_the_same_bytes(tmp_path, client):
     outputs possibly written) resumes to the bytes of an uninterrupted one."""
     import shutil
 
-    spec = tiny_spec()
+    # every step kept: the stop is simulated by clearing markers (a real stop with retention:
+    # test_retention.py)
+    spec = tiny_spec(output=sd.OutputSettings(keep_every=1, keep_history=True))
     full = sd.render(spec, output_dir=tmp_path / "full", client=client, progress=False)
     assert full.plan.sketch.split_guidance
     part = tmp_path / "part"
