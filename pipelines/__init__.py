@@ -20,6 +20,7 @@ import json
 import pkgutil
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -43,6 +44,7 @@ __all__ = [
     "available_models",
     "families",
     "model_info",
+    "transformer_config",
     "load_backend",
 ]
 
@@ -165,6 +167,24 @@ def model_info(ref: str) -> ModelInfo:
     if module is None:
         raise _unknown(ref)
     return _directory_info(module.directory_info, ref)
+
+
+def transformer_config(ref: str) -> dict[str, Any] | None:
+    """The denoiser's config (diffusers' ``transformer/config.json``; a preset's own config), for
+    cost estimates; ``None`` when the model has none that can be read."""
+    presets = _presets()
+    if ref in presets:
+        getter = getattr(presets[ref], "preset_transformer_config", None)
+        return None if getter is None else getter(ref)
+    root = model_directory(ref)
+    path = None if root is None else root / "transformer" / "config.json"
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _directory_info(read, ref: str) -> ModelInfo:

@@ -174,6 +174,11 @@ def preset_names() -> list[str]:
     return sorted(_PRESETS)
 
 
+def preset_transformer_config(name: str) -> dict[str, Any]:
+    """The transformer config a preset builds its model from (a copy)."""
+    return dict(_PRESETS[name]["transformer"])
+
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 WEIGHT_COMPONENTS = ("transformer", "vae", "text_encoder")
 

@@ -2,12 +2,13 @@
 
 Public names: ``RenderLayout``, ``StageLayout``, ``DecodeLayout``, ``DecodeRegion``,
 ``create_render_store``, ``RenderStore``, ``RenderExistsError``, ``ChunkCorruptError``,
-``layout_nbytes``, ``open_render``, ``encode_video``, ``encode_segment``, ``join_segments``,
+``layout_nbytes``, ``delete_step_chunks``, ``open_render``, ``encode_video``, ``encode_segment``, ``join_segments``,
 ``segment_ranges``, ``read_video``, ``probe_video``.
 """
 
 from storage.checksums import ChunkCorruptError
 from storage.layout import DecodeLayout, DecodeRegion, RenderLayout, StageLayout
+from storage.retention import delete_step_chunks
 from storage.store import STAT_FIELDS, RenderExistsError, RenderStore, create_render_store, layout_nbytes
 from storage.video import (
     VideoInfo,
@@ -31,6 +32,7 @@ __all__ = [
     "StageLayout",
     "VideoInfo",
     "create_render_store",
+    "delete_step_chunks",
     "encode_segment",
     "layout_nbytes",
     "encode_video",

@@ -22,6 +22,10 @@ class StageLayout:
     and so is ``anchor`` (the clean upscaled sketch) when the stage mixes it in. ``branches`` > 0
     stores each guidance branch's model output per step (``prediction``) when the branches run as
     separate tasks. ``cache`` adds the residual cache's arrays (``supergen_dask.cache``).
+
+    Retention: ``kept`` lists the steps whose latents stay once the render no longer needs them
+    (``None``: every step); without ``keep_history`` a step's scheduler history and branch outputs
+    go too. A step's chunks are freed (``freed``) only once no unfinished task can read them.
     """
 
     name: str
@@ -45,6 +49,8 @@ class StageLayout:
     # region-aware thresholds
     cache: bool = False
     cache_updates: int = 0
+    kept: tuple[int, ...] | None = None
+    keep_history: bool = True
 
     def __post_init__(self) -> None:
         if not (len(self.steps) == len(self.timesteps) == len(self.offsets)) or not self.steps:
@@ -72,9 +78,24 @@ class StageLayout:
         """Roll of the stored array: ``None`` is the stage's ``start``."""
         return tuple(self.offsets[0 if step is None else self.step_index(step)])
 
+    def freed(self, step: int) -> tuple[str, ...]:
+        """The arrays whose chunks of ``step`` are deleted once nothing reads them (retention)."""
+        names: list[str] = []
+        if self.kept is not None and step not in self.kept:
+            names.append("latents")
+        if not self.keep_history:
+            names += [f"state_{name}" for name, _ in self.state_slots]
+            if self.branches:
+                names.append("prediction")
+            if self.cache:
+                names.append("cache")
+        return tuple(names)
+
     @classmethod
     def from_dict(cls, d: dict) -> StageLayout:
         d = dict(d)
+        if d.get("kept") is not None:
+            d["kept"] = tuple(d["kept"])
         d["steps"] = tuple(d["steps"])
         d["timesteps"] = tuple(d["timesteps"])
         d["offsets"] = tuple(tuple(o) for o in d["offsets"])

@@ -105,18 +105,22 @@ def _isize(dtype: str) -> int:
 
 
 def layout_nbytes(layout: RenderLayout) -> dict[str, int]:
-    """Bytes the chunks of a render's arrays take once every chunk is written, uncompressed, by
-    kind: ``latents`` (start, anchor, per-step latents), ``state`` (scheduler history), ``pixels``
-    (decoded regions and sketch pixels) and ``records`` (markers, stats, checksums, embeddings)."""
+    """Bytes the chunks of a render's arrays take once it is finished (every chunk written, those
+    that retention frees deleted), uncompressed, by kind: ``latents`` (start, anchor, per-step
+    latents), ``state`` (scheduler history), ``pixels`` (decoded regions and sketch pixels) and
+    ``records`` (markers, stats, checksums, embeddings)."""
     out = {"latents": 0, "state": 0, "pixels": 0, "records": 0}
     for st in layout.stages:
         canvas = st.frames * st.channels * st.canvas_h * st.canvas_w
         n, tiles = len(st.steps), st.rows * st.cols
-        out["latents"] += canvas * (_isize(st.dtype) * (n + 1) + (4 if st.anchor else 0))
-        out["state"] += sum(slots for _, slots in st.state_slots) * n * canvas * 4
-        out["state"] += st.branches * n * canvas * 4  # guidance branch outputs (float32)
-        if st.cache:  # three canvases per step, and the threshold rankings
-            out["state"] += CACHE_CANVASES * n * canvas * _isize(st.dtype)
+        # what stays once the render is done (retention: ``StageLayout.freed``)
+        kept = n if st.kept is None else len(set(st.kept) & set(st.steps))
+        history = n if st.keep_history else 0
+        out["latents"] += canvas * (_isize(st.dtype) * (kept + 1) + (4 if st.anchor else 0))
+        out["state"] += sum(slots for _, slots in st.state_slots) * history * canvas * _isize(st.dtype)
+        out["state"] += st.branches * history * canvas * 4  # guidance branch outputs (float32)
+        if st.cache:  # three canvases per step (freed with the history), and the threshold rankings
+            out["state"] += CACHE_CANVASES * history * canvas * _isize(st.dtype)
             out["records"] += max(1, st.cache_updates) * tiles * 8
         k = len(checked_arrays(st))
         out["records"] += n * tiles * (1 + 8 * len(STAT_FIELDS) + 8 * k) + tiles * 8 * len(start_arrays(st))
@@ -224,7 +228,7 @@ def create_render_store(
                 f"state_{name}",
                 (n, slots, F, C, H, W),
                 (1, slots, F, C, th, tw),
-                "float32",
+                st.dtype,
                 ("step", f"{name}_slot", "frame", "channel", "y", "x"),
                 np.nan,
                 **big,

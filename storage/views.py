@@ -20,7 +20,12 @@ def _read_block(template, url: str, instance: str, storage_options, stage: str, 
     (y0, y1), (x0, x1) = loc[-2], loc[-1]
     if name == "start":
         return store.read_region(stage, name, None, y0, x0, y1 - y0, x1 - x0)
-    out = [store.read_region(stage, name, st.steps[i], y0, x0, y1 - y0, x1 - x0) for i in range(*loc[0])]
+    out = []
+    for i in range(*loc[0]):
+        step = st.steps[i]
+        # a step that retention frees reads as NaN once freed, never as damage
+        verify = None if name in st.freed(step) else "all"
+        out.append(store.read_region(stage, name, step, y0, x0, y1 - y0, x1 - x0, verify=verify))
     return np.stack(out)
 
 
@@ -68,8 +73,11 @@ def open_render(
         (``step`` labels are schedule indices, ``timestep`` the timestep that step denoised from);
         ``start(frame, channel, y, x)``: the stage's input; ``done(step, tile_y, tile_x)`` and the
         per-tile stats (``tile_seconds``, ...); ``tile_y0(step, tile_y)``/``tile_x0(step, tile_x)``
-        give each step's tile origins. ``y``/``x`` are latent cells. Nothing is read until values
-        are asked for; a step that is not finished reads as NaN.
+        give each step's tile origins; ``kept(step)`` says which steps' latents the render's
+        retention keeps (the others are deleted once nothing needs them; attribute
+        ``steps_kept`` lists the kept ones: ``ds.sel(step=ds.steps_kept)``). ``y``/``x`` are latent
+        cells. Nothing is read until values are asked for; a step that is not finished, or freed,
+        reads as NaN.
     """
     store = RenderStore.open(path, mode="r", storage_options=storage_options)
     st = store.stage(stage)
@@ -84,6 +92,7 @@ def open_render(
         "start": (dims, start),
         "done": (("step", "tile_y", "tile_x"), da.from_zarr(store.array(f"{stage}/done")).astype(bool)),
     }
+    kept = np.array(["latents" not in st.freed(s) for s in st.steps])
     stats = da.from_zarr(store.array(f"{stage}/tile_stats"))
     for i, name in enumerate(STAT_FIELDS[: stats.shape[-1]]):  # older stores have fewer fields
         data_vars[f"tile_{name}"] = (("step", "tile_y", "tile_x"), stats[..., i])
@@ -91,6 +100,7 @@ def open_render(
     coords = {
         "step": np.asarray(st.steps, dtype=np.int64),
         "timestep": ("step", np.asarray(st.timesteps, dtype=np.float64)),
+        "kept": ("step", kept),
         "frame": np.arange(st.frames),
         "channel": np.arange(st.channels),
         "y": np.arange(h),
@@ -109,6 +119,7 @@ def open_render(
         "tile_height": st.tile_h,
         "tile_width": st.tile_w,
         "store": str(path),
+        "steps_kept": [int(s) for s, k in zip(st.steps, kept, strict=True) if k],
     }
     root_attrs = store.attrs
     for key in ("spec", "plan", "versions"):

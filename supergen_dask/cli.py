@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--tile-policy",
         metavar="{" + ",".join(TILE_POLICIES) + "}",
-        help="tile sizes: native (model-native tiles, canvas padded), fit (tiles shrunk to the canvas) or "
-        "whole (one tile) (default: native)",
+        help="tile sizes: balanced (fewest tiles of at most native size, evenly sized), native "
+        "(model-native tiles, canvas padded), fit (tiles shrunk to the canvas) or whole (one tile) "
+        "(default: balanced)",
     )
     r.add_argument("--no-shift", action="store_true", help="keep the tile grid fixed (seams will show)")
     r.add_argument("--shift-divisions", type=int, help="shift stride = tile / divisions (default: 16)")

@@ -1,8 +1,10 @@
 """What a plan will cost before it runs, and the limits that refuse absurd requests.
 
 The estimate is arithmetic on the plan (no store, no model): tile tasks, the bytes of the store
-once every chunk is written (uncompressed, every step kept), and the data the largest task holds
-in memory (plus the model's weights when they are files on disk). Limits live in ``dask.config``
+once the render is finished (uncompressed, what retention keeps) and while it runs, the data the
+largest task holds in memory (plus the model's weights when they are files on disk), and, from
+the model's measured cost on one GPU, the peak GPU memory of a worker and the denoising time
+(``supergen_dask.gpu_cost``: estimates for that card, labelled as such). Limits live in ``dask.config``
 under ``supergen.limits``; a plan over one is refused with the numbers and the setting to raise.
 """
 
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 import dask.utils
 
 from supergen_dask import config
+from supergen_dask.gpu_cost import GpuCost, gpu_cost
 
 if TYPE_CHECKING:
     from supergen_dask.plan import RenderPlan
@@ -43,6 +46,10 @@ class RenderEstimate:
     task_bytes: int
     task: str
     weights_bytes: int | None
+    # the store while the render runs: what stays plus the steps not yet freed (retention)
+    store_peak_bytes: int | None = None
+    # ``supergen_dask.gpu_cost``: an estimate for one card in bf16 (None: no model config)
+    gpu: GpuCost | None = None
 
     @property
     def worker_bytes(self) -> int:
@@ -53,9 +60,13 @@ class RenderEstimate:
         return {**asdict(self), "worker_bytes": self.worker_bytes}
 
     def summary(self) -> str:
+        """One line: tasks, store and host memory (``gpu.summary()`` says the GPU part)."""
         weights = "" if self.weights_bytes is None else f" + {_b(self.weights_bytes)} weights"
+        peak = ""
+        if self.store_peak_bytes is not None and self.store_peak_bytes > self.store_bytes:
+            peak = f" (up to {_b(self.store_peak_bytes)} while running)"
         return (
-            f"estimate: {self.tile_tasks:,} tile tasks, store {_b(self.store_bytes)} uncompressed, "
+            f"estimate: {self.tile_tasks:,} tile tasks, store {_b(self.store_bytes)} uncompressed{peak}, "
             f"worker memory {_b(self.task_bytes)} ({self.task}){weights}"
         )
 
@@ -86,21 +97,33 @@ def _store_parts(plan: RenderPlan) -> dict[str, int]:
     """``storage.layout_nbytes(plan.layout())`` without building the layout: per-axis sums
     instead of one object per decode region, so a plan of millions of tiles costs milliseconds."""
     from storage.store import STAT_FIELDS
+    from supergen_dask.retention import kept_steps
 
     parts = {"latents": 0, "state": 0, "pixels": 0, "records": 0}
-    dtype = 2 if plan.spec.output.store_dtype == "float16" else 4
+    out = plan.spec.output
+    dtype = 2 if out.store_dtype == "float16" else 4
+    keep_every = 1 if out.keep_every is None else out.keep_every
+    history = True if out.keep_history is None else out.keep_history
     slots = plan.state_slots
     k = 1 + len(slots)
     for st in plan.stages:
         g = st.grid
         canvas = st.latent_frames * st.channels * g.canvas_h * g.canvas_w
         n, tiles = len(st.steps), g.n_tiles
+        kept = len(kept_steps(st.steps, keep_every))  # retention: what stays once finished
         anchor = plan.anchored and st.name == "refine"
-        parts["latents"] += canvas * (dtype * (n + 1) + (4 if anchor else 0))
-        parts["state"] += sum(slots.values()) * n * canvas * 4
-        if st.split_guidance:  # each guidance branch's float32 output, every step
+        parts["latents"] += canvas * (dtype * (kept + 1) + (4 if anchor else 0))
+        parts["state"] += sum(slots.values()) * (n if history else 0) * canvas * dtype
+        if st.split_guidance and history:  # each guidance branch's float32 output, every step
             parts["state"] += 2 * n * canvas * 4
-        parts["records"] += n * tiles * (1 + 8 * len(STAT_FIELDS) + 8 * k) + tiles * 8 * (2 if anchor else 1)
+        cached = plan.cache is not None and st.name == "refine"
+        if cached:  # the residual cache's three canvases per step, freed with the history
+            parts["state"] += 3 * (n if history else 0) * canvas * dtype
+            parts["records"] += max(1, len(plan.cache_updates())) * tiles * 8
+        checked = k + (1 if cached else 0)
+        parts["records"] += n * tiles * (1 + 8 * len(STAT_FIELDS) + 8 * checked) + tiles * 8 * (
+            2 if anchor else 1
+        )
         parts["records"] += n * 16
     g, f, m = plan.refine.grid, plan.model.spatial_factor, plan.decode_margin
     ys, xs = _axis_windows(g.valid_h, g.tile_h, m), _axis_windows(g.valid_w, g.tile_w, m)
@@ -111,7 +134,8 @@ def _store_parts(plan: RenderPlan) -> dict[str, int]:
         parts["pixels"] += frames * plan.sketch.grid.canvas_h * plan.sketch.grid.canvas_w * f * f * 3
     # plan.tasks: prompt, stage init, encode, decode regions, mp4 segments; upscale and one start
     # per refinement tile with a sketch
-    n_tasks = 3 + len(ys) * len(xs) + len(plan.encode_segments())
+    n_tasks = 3 + len(ys) * len(xs) + len(plan.encode_segments()) + len(plan.free_tasks())
+    n_tasks += len(plan.cache_updates())
     if plan.sketch is not None:
         n_tasks += 1 + g.n_tiles
     parts["records"] += 2 * plan.model.text_tokens * plan.model.text_embed_dim * 4 + 8 + n_tasks
@@ -149,14 +173,37 @@ def estimate_plan(plan: RenderPlan) -> RenderEstimate:
     tasks["decode"] = pix_frames * 3 * wh * ww * f * f * (4 * 2 + 1) + frames * C * wh * ww * 4 * 2
     tasks["encode"] = min(16, pix_frames) * g.valid_h * g.valid_w * f * f * 3 * (4 + 2)
     task = max(tasks, key=tasks.get)
+    from pipelines import transformer_config
+
+    store = sum(parts.values())
     return RenderEstimate(
         tile_tasks=plan.n_tile_tasks(),
-        store_bytes=sum(parts.values()),
+        store_bytes=store,
         store_parts=parts,
         task_bytes=int(tasks[task]),
         task=task,
         weights_bytes=_weights_bytes(plan.spec.model),
+        store_peak_bytes=store + _unfreed_bytes(plan),
+        gpu=gpu_cost(plan, transformer_config(plan.spec.model)),
     )
+
+
+def _unfreed_bytes(plan: RenderPlan) -> int:
+    """Bytes of the steps that retention frees but that are still on disk while the render runs:
+    with neighbour-only dependencies, about three steps of each stage are in flight at once."""
+    out = plan.spec.output
+    dtype = 2 if out.store_dtype == "float16" else 4
+    slots = sum(plan.state_slots.values())
+    total = 0
+    for st in plan.stages:
+        canvas = st.latent_frames * st.channels * st.grid.canvas_h * st.grid.canvas_w
+        per_step = 0
+        if out.keep_every is not None and out.keep_every != 1:
+            per_step += canvas * dtype
+        if out.keep_history is False:
+            per_step += slots * canvas * dtype + (2 * canvas * 4 if st.split_guidance else 0)
+        total += min(3, len(st.steps)) * per_step
+    return total
 
 
 def limit(name: str) -> int | None:
@@ -189,7 +236,7 @@ def check_limits(plan: RenderPlan, estimate: RenderEstimate | None = None) -> Re
         return est
     problems = [
         _over("tile tasks", est.tile_tasks, "max-tile-tasks", fmt=lambda n: f"{n:,}"),
-        _over("store", est.store_bytes, "max-store-bytes"),
+        _over("store", est.store_peak_bytes or est.store_bytes, "max-store-bytes"),
         _over("worker memory", est.worker_bytes, "max-worker-memory"),
     ]
     problems = [p for p in problems if p]
@@ -214,7 +261,8 @@ def check_disk(plan: RenderPlan, render_dir: str | Path) -> None:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         return
-    need = estimate_plan(plan).store_bytes
+    est = estimate_plan(plan)
+    need = est.store_peak_bytes or est.store_bytes
     free = shutil.disk_usage(existing).free
     if need > free:
         raise LimitError(

@@ -13,12 +13,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 __all__ = [
+    "TILE_POLICIES",
     "TileKey",
     "TileGrid",
     "ShiftSchedule",
     "axis_cover",
     "round_up",
 ]
+
+
+TILE_POLICIES = ("balanced", "native", "fit", "whole")
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -121,7 +125,7 @@ class TileGrid:
         native_h: int,
         native_w: int,
         multiple: int = 1,
-        policy: str = "native",
+        policy: str = "balanced",
     ) -> TileGrid:
         """Derive the tile grid for a ``height`` x ``width`` latent canvas.
 
@@ -134,7 +138,11 @@ class TileGrid:
         multiple
             Tile sides are multiples of this (the transformer's spatial patch size).
         policy
-            ``"native"``: tiles of the native size (or of the canvas size on an axis shorter than
+            ``"balanced"`` (default): per axis the fewest tiles of at most the native size that
+            cover the canvas, evenly sized (rounded up to ``multiple``) so the padding is under
+            one ``multiple`` per tile, but never smaller than 3/4 of native on an axis of several
+            tiles (less context than that is a different model regime); an axis shorter than
+            native is one tile of its own size. ``"native"``: tiles of the native size (or of the canvas size on an axis shorter than
             native), canvas padded up to a whole number of tiles. ``"fit"``: as few tiles per axis
             as cover the canvas without exceeding native, each shrunk to cover it with the least
             padding. Either way tiles take the canvas's orientation (native or transposed, the same
@@ -143,8 +151,8 @@ class TileGrid:
         """
         if min(height, width, native_h, native_w, multiple) <= 0:
             raise ValueError("sizes must be positive")
-        if policy not in ("native", "fit", "whole"):
-            raise ValueError(f"tile policy must be 'native', 'fit' or 'whole', got {policy!r}")
+        if policy not in TILE_POLICIES:
+            raise ValueError(f"tile policy must be one of {TILE_POLICIES}, got {policy!r}")
         if policy == "whole":  # direct generation: one tile, the whole canvas
             ch, cw = round_up(height, multiple), round_up(width, multiple)
             return cls(ch, cw, ch, cw, height, width)
@@ -156,6 +164,8 @@ class TileGrid:
                 return tile, round_up(valid, tile)
             n = -(-valid // native)
             tile = round_up(-(-valid // n), multiple)
+            if policy == "balanced" and n > 1:
+                tile = max(tile, min(native, round_up(-(-3 * native // 4), multiple)))
             return tile, n * tile
 
         # Tiles take the canvas's orientation (same token count): a portrait output on a landscape
@@ -166,6 +176,11 @@ class TileGrid:
         th, ch = axis(height, nh)
         tw, cw = axis(width, nw)
         return cls(ch, cw, th, tw, height, width)
+
+    @property
+    def padding_waste(self) -> float:
+        """Compute spent on padding: the tiles' cells over the valid cells, minus one."""
+        return self.n_tiles * self.tile_h * self.tile_w / (self.valid_h * self.valid_w) - 1.0
 
     def tiles(self) -> Iterator[tuple[int, int]]:
         """All (row, col) of the grid, row-major."""

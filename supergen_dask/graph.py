@@ -25,7 +25,7 @@ from typing import Any
 from distributed import Client, Future, as_completed
 
 from storage import RenderExistsError, RenderStore, create_render_store, open_render
-from supergen_dask import config, tasks
+from supergen_dask import config, retention, tasks
 from supergen_dask.cache import scale_index
 from supergen_dask.geometry import TileKey
 from supergen_dask.plan import RenderPlan, plan_render
@@ -295,6 +295,22 @@ class _Graph:
                     priority=self.total_steps - step,
                 )
 
+    def free(self, name: str) -> None:
+        """Submit the tasks that delete what retention does not keep of a stage's steps, each after
+        every task that writes or reads those chunks (``supergen_dask.retention``)."""
+        st = self.plan.stage(name)
+        todo = set(self.plan.free_tasks())
+        for step in st.steps:
+            task = retention.free_task(name, step)
+            if task not in todo:
+                continue
+            reader = retention.reader_step(st, step, self._cached(st))
+            # a split stage's step is marked done by the branch tasks of the step after it
+            hi = reader + 1 if st.split_guidance and reader < st.last else reader
+            keys = [k for s in range(step, hi + 1) for k in st.keys(s)]
+            deps = [self.tiles.get(k) for k in keys] + [b for k in keys for b in self.branches.get(k, ())]
+            self.named_task(task, retention.free_step, name, step, deps=deps, gpu=False)
+
     def _split_step(self, st, key: TileKey, deps: list, priority: int) -> None:
         """A step whose guidance branches are two GPU tasks; each finishes the step before it
         (``tasks.predict_branch``), and a CPU task finishes the stage's last step."""
@@ -351,6 +367,7 @@ class _Graph:
         if plan.sketch is not None:
             init = self.named_task("sketch_init", tasks.init_stage, "sketch", priority=self.total_steps + 1)
             self.stage("sketch", init, prompt)
+            self.free("sketch")
             last = [self.tiles.get(k) for k in plan.sketch.keys(plan.sketch.last)]
             priority = self.total_steps - rf.first + 1
             pixels = self.named_task("upscale", tasks.upscale_sketch, deps=last, priority=priority)
@@ -379,6 +396,7 @@ class _Graph:
         else:
             entry = self.named_task("refine_init", tasks.init_stage, "refine", priority=self.total_steps + 1)
         self.stage("refine", entry, prompt)
+        self.free("refine")
         decodes = []
         for i, reg in enumerate(plan.decode_regions()):
             wy, wx, wh, ww = reg.window

@@ -10,6 +10,9 @@ Two things here close the loop:
   is deterministic, so the recomputed chunk has the bytes (and checksum) it had, and the work
   that consumed it before the damage stays valid: nothing downstream needs redoing.
 - ``verify_store`` checks every finished chunk of a render (``supergen verify DIR``).
+
+Chunks that retention deletes by design (``supergen_dask.retention.freed_arrays``) are neither
+checked nor reported; a damaged tile whose inputs were freed is recomputed from its stage's start.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from pathlib import Path
 
 from storage import ChunkCorruptError, RenderStore
 from storage.store import checked_arrays, start_arrays
+from supergen_dask.geometry import TileKey
 from supergen_dask.plan import RenderPlan, StagePlan
+from supergen_dask.retention import free_task, freed_arrays
 
 __all__ = ["VerifyReport", "repair_store", "verify_store", "verify_render"]
 
@@ -119,11 +124,14 @@ def _needed(plan: RenderPlan, store: RenderStore, video_exists: bool) -> set[tup
     return needed
 
 
-def _check(plan: RenderPlan, store: RenderStore, chunk: tuple) -> str | None:
+def _check(plan: RenderPlan, store: RenderStore, chunk: tuple, gone: dict | None = None) -> str | None:
     kind = chunk[0]
     if kind == "tile":
         _, stage, step, row, col = chunk
+        freed = (gone or {}).get((stage, step), ())
         for name in checked_arrays(store.stage(stage)):
+            if name in freed:  # deleted by retention, as designed
+                continue
             problem = _problem(lambda n=name: store.read_tile(stage, n, step, row, col))
             if problem:
                 return problem
@@ -142,8 +150,15 @@ def _check(plan: RenderPlan, store: RenderStore, chunk: tuple) -> str | None:
     raise ValueError(f"unknown chunk kind {kind!r}")
 
 
-def _redo(plan: RenderPlan, store: RenderStore, chunk: tuple) -> None:
-    """Clear the done marker of the work that wrote ``chunk``."""
+def _redo(plan: RenderPlan, store: RenderStore, chunk: tuple, gone: dict | None = None) -> None:
+    """Clear the done marker of the work that wrote ``chunk`` (and of the task freeing its step,
+    which must free what the redo writes again).
+
+    A tile whose inputs retention has freed is recomputed from its stage's start: every step up
+    to it is redone (deterministic, so to the same bytes). In a stage whose guidance branches are
+    separate tasks a step is finished by the next step's branch tasks, which a finished next step
+    does not run again: there every step from the damaged one to the stage's last is redone.
+    """
     kind = chunk[0]
     if kind == "tile":
         _, stage, step, row, col = chunk
@@ -153,7 +168,26 @@ def _redo(plan: RenderPlan, store: RenderStore, chunk: tuple) -> None:
                 f"{store.url}: {stage} step {step} tile ({row}, {col}) is corrupt and the steps it is "
                 "computed from were pruned; render again with --overwrite"
             )
-        store.clear_done(stage, step, row, col)
+        freed_inputs = step != st.first and (stage, step - 1) in (gone or {})
+        lo = st.first if freed_inputs else step
+        hi = st.last if st.split_guidance else step
+        if freed_inputs:
+            log.warning(
+                "%s step %d tile (%d, %d): the step before it was freed by retention; redoing steps %d..%d",
+                stage,
+                step,
+                row,
+                col,
+                lo,
+                hi,
+            )
+        tasks = store.tasks_done()
+        for s in range(hi, lo - 1, -1):
+            keys = st.keys(s) if (lo, hi) != (step, step) else [TileKey(stage, step, row, col)]
+            for key in keys:
+                store.clear_done(stage, s, key.row, key.col)
+            if tasks.get(free_task(stage, s)):
+                store.clear_task_done(free_task(stage, s))
     elif kind == "start":
         store.clear_task_done(_start_task(plan, *chunk[1:]))
     elif kind == "prompt":
@@ -178,10 +212,11 @@ def repair_store(
         return []
     found: list[str] = []
     checked: set[tuple] = set()
+    gone = freed_arrays(plan, store)  # before any marker is cleared: what may be deleted already
     if full:
         report = verify_store(store, plan)
         for chunk in report.damaged:
-            _redo(plan, store, chunk)
+            _redo(plan, store, chunk, gone)
             checked.add(chunk)
         found += [f"{p}; it will be recomputed" for p in report.problems]
     while True:
@@ -190,9 +225,9 @@ def repair_store(
             return found
         for chunk in todo:
             checked.add(chunk)
-            problem = _check(plan, store, chunk)
+            problem = _check(plan, store, chunk, gone)
             if problem:
-                _redo(plan, store, chunk)
+                _redo(plan, store, chunk, gone)
                 message = f"{problem}; it will be recomputed"
                 log.warning(message)
                 found.append(message)
@@ -207,6 +242,7 @@ def verify_store(store: RenderStore, plan: RenderPlan | None = None) -> VerifyRe
         return report
     pruned = bool(store.attrs.get("pruned"))
     tasks = store.tasks_done()
+    gone = freed_arrays(plan, store)
 
     def run(chunk, read, *args) -> None:
         report.checked += 1
@@ -224,6 +260,7 @@ def verify_store(store: RenderStore, plan: RenderPlan | None = None) -> VerifyRe
             if pruned and i < len(st.steps) - 1:
                 continue
             names = ("latents",) if pruned else checked_arrays(layout)
+            names = tuple(n for n in names if n not in gone.get((st.name, step), ()))
             for key in st.keys(step):
                 if not done[i, key.row, key.col]:
                     continue

@@ -77,8 +77,16 @@ class StagePlan:
         return [TileKey(self.name, step, r, c) for r, c in cells]
 
     def layout(
-        self, slots: dict[str, int], dtype: str, anchor: bool = False, cache: CachePolicy | None = None
+        self,
+        slots: dict[str, int],
+        dtype: str,
+        anchor: bool = False,
+        keep_every: int = 1,
+        keep_history: bool = True,
+        cache: CachePolicy | None = None,
     ) -> StageLayout:
+        from supergen_dask.retention import kept_steps
+
         g = self.grid
         return StageLayout(
             name=self.name,
@@ -99,6 +107,8 @@ class StagePlan:
             branches=2 if self.split_guidance else 0,
             cache=cache is not None,
             cache_updates=0 if cache is None else len(update_points(cache, len(self.steps))),
+            kept=None if keep_every == 1 else kept_steps(self.steps, keep_every),
+            keep_history=keep_history,
         )
 
     def to_dict(self) -> dict:
@@ -205,11 +215,35 @@ class RenderPlan:
         names += [f"decode_{r.row}_{r.col}" for r in self.decode_regions()]
         names += [f"segment_{i}" for i in range(len(self.encode_segments()))]
         names.append("encode")
+        names += self.free_tasks()
         return tuple(names)
 
     def cache_updates(self) -> tuple[int, ...]:
         """Refinement-step indices after which the cache's region thresholds are re-ranked."""
         return () if self.cache is None else update_points(self.cache, len(self.refine.steps))
+
+    def stage_layouts(self) -> tuple[StageLayout, ...]:
+        """Each stage's storage layout (dtype, state slots, retention)."""
+        out = self.spec.output
+        return tuple(
+            s.layout(
+                self.state_slots,
+                out.store_dtype,
+                anchor=self.anchored and s.name == "refine",
+                keep_every=1 if out.keep_every is None else out.keep_every,
+                keep_history=True if out.keep_history is None else out.keep_history,
+                cache=self.cache if s.name == "refine" else None,
+            )
+            for s in self.stages
+        )
+
+    def free_tasks(self) -> list[str]:
+        """One task per step whose chunks retention frees (``supergen_dask.retention``)."""
+        from supergen_dask.retention import free_task
+
+        return [
+            free_task(lay.name, step) for lay in self.stage_layouts() for step in lay.steps if lay.freed(step)
+        ]
 
     def encode_segments(self) -> list[tuple[int, int]]:
         """Pixel-frame ranges ``[start, stop)`` encoded as separate segments, of balanced length."""
@@ -231,20 +265,10 @@ class RenderPlan:
         return estimate_plan(self)
 
     def layout(self) -> RenderLayout:
-        slots = self.state_slots
-        dtype = self.spec.output.store_dtype
         g = self.refine.grid
         sp = self.sketch_pixel_size
         return RenderLayout(
-            stages=tuple(
-                s.layout(
-                    slots,
-                    dtype,
-                    anchor=self.anchored and s.name == "refine",
-                    cache=self.cache if s.name == "refine" else None,
-                )
-                for s in self.stages
-            ),
+            stages=self.stage_layouts(),
             decode=DecodeLayout(
                 frames=self.pixel_frames,
                 scale=self.model.spatial_factor,
@@ -273,7 +297,8 @@ class RenderPlan:
         lines.append(
             f"refine {len(self.refine.steps)} of {s.num_inference_steps} steps on a {g.rows}x{g.cols} grid of "
             f"{g.tile_w * f}x{g.tile_h * f} px tiles (canvas {g.canvas_w * f}x{g.canvas_h * f}, "
-            f"shift {self.refine.shift.stride_x}x{self.refine.shift.stride_y} latent px every {self.refine.shift.every})"
+            f"shift {self.refine.shift.stride_x}x{self.refine.shift.stride_y} latent px every {self.refine.shift.every}; "
+            f"{s.tile_policy} tiles, {g.padding_waste:+.1%} compute on padding)"
         )
         if self.cache is not None:
             c = self.cache
@@ -281,7 +306,10 @@ class RenderPlan:
                 f"cache on: tau {c.threshold:g}, first {c.warmup} and last refine steps always run, "
                 f"region thresholds x(1+{c.alpha:g}) for the most {c.direction} tiles every {c.interval} steps"
             )
-        lines.append(self.estimate().summary())
+        est = self.estimate()
+        lines.append(est.summary())
+        if est.gpu is not None:
+            lines.append(est.gpu.summary())
         return "\n".join(lines)
 
     # -- serialisation ----------------------------------------------------------------------------

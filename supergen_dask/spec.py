@@ -17,6 +17,7 @@ from typing import Any
 
 from pipelines import ModelInfo, UnknownModelError, available_models, model_info
 from pipelines.schedulers import SCHEDULER_ALIASES
+from supergen_dask.geometry import TILE_POLICIES
 
 __all__ = [
     "SpecError",
@@ -31,7 +32,6 @@ __all__ = [
 
 DTYPES = ("float32", "bfloat16", "float16")
 STORE_DTYPES = ("float32", "float16")
-TILE_POLICIES = ("native", "fit", "whole")
 CODECS = ("h264", "lossless")
 
 
@@ -227,16 +227,47 @@ class AnchorSettings:
 
 @dataclass(frozen=True)
 class OutputSettings:
-    """Video encoding: ``h264`` (yuv420p, ``crf``) or ``lossless`` (RGB H.264, crf 0)."""
+    """Video encoding: ``h264`` (yuv420p, ``crf``) or ``lossless`` (RGB H.264, crf 0).
+
+    ``store_dtype`` is the type latents and scheduler history are stored in (and so the type each
+    step reads back): ``float16`` halves the store at a small relative error of the final latents
+    (bounded in tests/test_retention.py); ``float32`` stores exactly what was computed.
+
+    Retention (left ``None``: ``supergen.storage.keep-every`` / ``keep-history``): the final
+    latents are always kept, and the latents of every ``keep_every``-th schedule step (those with
+    ``(step + 1) % keep_every == 0``; 0 keeps only the final ones, 1 every step); the scheduler
+    history of a step is kept only with ``keep_history``. Everything else is deleted as soon as no
+    unfinished task can read it, so resuming stays exact.
+    """
 
     codec: str = "h264"
     crf: int = 18
-    store_dtype: str = "float32"
+    store_dtype: str = "float16"
+    keep_every: int | None = None
+    keep_history: bool | None = None
 
     def validate(self) -> None:
         _check_choice("output.codec", self.codec, CODECS)
         _check_int("output.crf", self.crf, 0, 51)
         _check_choice("output.store_dtype", self.store_dtype, STORE_DTYPES)
+        if self.keep_every is not None:
+            _check_int("output.keep_every", self.keep_every, 0)
+        if self.keep_history is not None and not isinstance(self.keep_history, bool):
+            raise SpecError("output.keep_history", f"must be true or false, got {self.keep_history!r}")
+
+    def resolved(self) -> OutputSettings:
+        """Validated, with the retention fields left ``None`` taken from ``supergen.storage``."""
+        from supergen_dask import config
+
+        out = dataclasses.replace(
+            self,
+            keep_every=config.get("storage.keep-every") if self.keep_every is None else self.keep_every,
+            keep_history=config.get("storage.keep-history")
+            if self.keep_history is None
+            else self.keep_history,
+        )
+        out.validate()
+        return out
 
 
 @dataclass(frozen=True)
@@ -263,7 +294,7 @@ class RenderSpec:
     scheduler: str | None = None
     dtype: str = "float32"
     fps: int | None = None
-    tile_policy: str = "native"
+    tile_policy: str = "balanced"
     sketch_height: int | None = None
     sketch_width: int | None = None
     shift: ShiftSettings = field(default_factory=ShiftSettings)
@@ -386,6 +417,7 @@ class RenderSpec:
             policy = cache.policy(k, info.cache_threshold)
             cache = dataclasses.replace(cache, threshold=policy.threshold, warmup_steps=policy.warmup)
         return self.replace(
+            output=self.output.resolved(),
             height=height,
             width=width,
             num_frames=num_frames,

@@ -189,16 +189,26 @@ class NonFiniteError(FloatingPointError):
     """A denoising step produced NaN or infinite latents; nothing of that tile is written."""
 
 
-def check_finite(latents: torch.Tensor, key, guidance_scale: float, dtype: str) -> None:
+FLOAT16_MAX = 65504.0
+
+
+def check_finite(
+    latents: torch.Tensor, key, guidance_scale: float, dtype: str, store_dtype: str = "float32"
+) -> None:
     """Raise ``NonFiniteError`` naming the tile ``key`` (a ``TileKey``: stage, step, row, col)
-    unless every value of ``latents`` is finite.
+    unless every value of ``latents`` is finite (and, stored as ``float16``, within its range).
 
     One reduction on the tile, so a render stops at the first bad step instead of writing NaN
     that every later step, the decode and the video inherit.
     """
-    if bool(torch.isfinite(latents).all()):
-        return
-    raise NonFiniteError(
-        f"non-finite latents (NaN or inf) from {key.stage} step {key.step} tile ({key.row}, {key.col}) with guidance_scale {guidance_scale:g} and "
-        f"dtype {dtype}: lower guidance_scale, or compute in float32"
-    )
+    where = f"{key.stage} step {key.step} tile ({key.row}, {key.col}) with guidance_scale {guidance_scale:g}"
+    if not bool(torch.isfinite(latents).all()):
+        raise NonFiniteError(
+            f"non-finite latents (NaN or inf) from {where} and dtype {dtype}: lower guidance_scale, "
+            "or compute in float32"
+        )
+    if store_dtype == "float16" and float(latents.abs().max()) > FLOAT16_MAX:
+        raise NonFiniteError(
+            f"non-finite latents in float16 storage (beyond {FLOAT16_MAX:g}) from {where}: lower "
+            "guidance_scale, or store in float32 (output.store_dtype: float32)"
+        )

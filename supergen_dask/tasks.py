@@ -21,7 +21,7 @@ from supergen_dask import worker_models
 from supergen_dask.geometry import TileKey
 from supergen_dask.noise import position_noise, window_noise
 from supergen_dask.plan import RenderPlan, StagePlan
-from supergen_dask.stepping import RegionStep, check_finite, initial_noise_sigma, renoise
+from supergen_dask.stepping import NonFiniteError, RegionStep, check_finite, initial_noise_sigma, renoise
 from supergen_dask.upscale import context_window, upscale_window
 
 __all__ = [
@@ -87,9 +87,16 @@ def _to_model(x: np.ndarray, device) -> torch.Tensor:
 
 
 def _to_store(x: torch.Tensor, dtype: str) -> np.ndarray:
-    """Model layout ``(1, C, F, h, w)`` -> stored ``(F, C, h, w)``."""
+    """Model layout ``(1, C, F, h, w)`` -> stored ``(F, C, h, w)``; a value beyond float16's range
+    (65504) raises instead of being stored as infinity."""
     # no extra copy on the hot path: the store makes the one contiguous copy it writes
-    return x[0].permute(1, 0, 2, 3).float().cpu().numpy().astype(dtype, copy=False)
+    out = x[0].permute(1, 0, 2, 3).float().cpu().numpy().astype(dtype, copy=False)
+    if out.dtype == np.float16 and np.isinf(out).any() and np.isfinite(x.float().cpu().numpy()).all():
+        raise NonFiniteError(
+            "latents or scheduler history beyond float16's range (65504): "
+            "store in float32 (output.store_dtype: float32)"
+        )
+    return out
 
 
 def _to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -271,13 +278,11 @@ def _finish_tile(
     for aname, value in (chunks or {}).items():
         data = value[:, 0].permute(0, 2, 1, 3, 4).float().cpu().numpy()  # (n, F, C, h, w)
         store.write_tile(key.stage, aname, key.step, key.row, key.col, data)
-    slots = plan.state_slots
+    slots, dtype = plan.state_slots, plan.spec.output.store_dtype
     for sname, values in new_state.items():
-        arr = np.full(
-            (slots[sname], st.latent_frames, st.channels, g.tile_h, g.tile_w), np.nan, dtype=np.float32
-        )
+        arr = np.full((slots[sname], st.latent_frames, st.channels, g.tile_h, g.tile_w), np.nan, dtype=dtype)
         for s, v in values.items():
-            arr[s] = _to_store(v, "float32")
+            arr[s] = _to_store(v, dtype)
         store.write_tile(key.stage, f"state_{sname}", key.step, key.row, key.col, arr)
     store.write_tile(
         key.stage, "latents", key.step, key.row, key.col, _to_store(new, plan.spec.output.store_dtype)
@@ -340,7 +345,7 @@ def denoise_tile(
     model_in = region.scale_model_input(sample)
     noise_pred = predict_guided(backend, plan, model_in, region.timestep.to(device), embeds, st.origin(key))
     new, new_state = region.step(noise_pred.float(), sample)
-    check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype)
+    check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype, plan.spec.output.store_dtype)
     extra_chunks, cache_stats = {}, {}
     if cached:
         # only written here: the next step's decision (a CPU task) reads it and measures the gain,
@@ -446,7 +451,7 @@ def cache_step(
     t_step0 = time.perf_counter()
     noise_pred = region_cache.reuse(sample, x_computed, o_computed)
     new, new_state = region.step(noise_pred, sample)
-    check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype)
+    check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype, plan.spec.output.store_dtype)
     stats = {"t0": t0, "started": started, "read_seconds": t_read}
     stats.update(forward_seconds=time.perf_counter() - t_step0, session=session, computed=0)
     stats.update(
@@ -531,7 +536,7 @@ def _combined_step(store, plan: RenderPlan, key: TileKey, session: int, t0: floa
     t_read = time.perf_counter() - t_read0
     t_step0 = time.perf_counter()
     new, new_state = region.step(guided(uncond, cond, plan.spec.guidance_scale), sample)
-    check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype)
+    check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype, plan.spec.output.store_dtype)
     stats = {"t0": t0, "started": started, "read_seconds": t_read}
     stats.update(forward_seconds=time.perf_counter() - t_step0, session=session, computed=1)
     return new, new_state, stats

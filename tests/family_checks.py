@@ -12,9 +12,14 @@ from storage import RenderStore
 from supergen_dask import worker_models
 from supergen_dask.geometry import TileKey
 
+# exact comparisons need what was computed, every step of it: float32, nothing freed
+EXACT_STORAGE = sd.OutputSettings(store_dtype="float32", keep_every=1, keep_history=True)
+
 
 def native_spec(model_dir, *, steps: int, guidance: float, frames: int, size: tuple[int, int], **kw):
-    """One tile at the model's native size, k = T (no sketch), no shifting: the model's own path."""
+    """One tile at the model's native size, k = T (no sketch), no shifting: the model's own path
+    (stored in float32, every step kept, for exact comparisons)."""
+    kw.setdefault("output", EXACT_STORAGE)
     return tiny_spec(
         model=str(model_dir),
         height=size[0],

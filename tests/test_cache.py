@@ -110,8 +110,12 @@ def test_spec_resolves_the_family_threshold_and_warmup():
 CACHED = dict(height=256, width=256, num_inference_steps=18, refine_steps=16)
 
 
+# every step and its history kept (retention would free them once read): these tests inspect them
+KEEP_ALL = sd.OutputSettings(keep_every=1, keep_history=True)
+
+
 def _cached_spec(tau: float, **kw):
-    return tiny_spec(**CACHED, cache=CacheSettings(enabled=True, threshold=tau, **kw))
+    return tiny_spec(**CACHED, output=KEEP_ALL, cache=CacheSettings(enabled=True, threshold=tau, **kw))
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +174,9 @@ def test_gain_is_held_in_the_store_through_skips(cached_render):
 
 
 def test_cache_with_a_tiny_threshold_is_bit_identical_to_no_cache(tmp_path, client):
-    off = sd.render(tiny_spec(**CACHED), output_dir=tmp_path / "off", client=client, progress=False)
+    off = sd.render(
+        tiny_spec(**CACHED, output=KEEP_ALL), output_dir=tmp_path / "off", client=client, progress=False
+    )
     on = sd.render(_cached_spec(1e-12), output_dir=tmp_path / "on", client=client, progress=False)
     assert RenderStore.open(str(on.store_path), mode="r").tile_stats("refine")["computed"].all()
     for step in on.plan.refine.steps:
@@ -292,3 +298,18 @@ def test_skewed_hits_are_balanced_by_dask(tmp_path, monkeypatch):
     assert span <= 1.1 * ideal, f"stage 2 took {span:.2f} s, ideal {ideal:.2f} s"
     # hits run beside model calls and never take as long as one
     assert max(r["seconds"] for r in hits) < seconds
+
+
+def test_cache_under_default_retention_gives_the_same_video(tmp_path, cached_render):
+    """Retention frees each step's cache chunks once the decision two steps later has read them;
+    the render is the same."""
+    spec = tiny_spec(**CACHED, cache=CacheSettings(enabled=True, threshold=TAU))
+    with local_client(2) as c:
+        thin = sd.render(spec, output_dir=tmp_path / "thin", client=c, progress=False)
+    assert thin.video_path.read_bytes() == cached_render.video_path.read_bytes()
+    store = RenderStore.open(str(thin.store_path), mode="r")
+    rf = thin.plan.refine
+    assert np.isnan(store.read_canvas("refine", "cache", rf.steps[3])).all()  # freed
+    assert store.tile_stats("refine")["computed"].sum() == (
+        RenderStore.open(str(cached_render.store_path), mode="r").tile_stats("refine")["computed"].sum()
+    )

@@ -34,7 +34,7 @@ def coverage(grid: TileGrid, offset: tuple[int, int]) -> np.ndarray:
     nh=natives,
     nw=natives,
     patch=st.sampled_from([1, 2]),
-    policy=st.sampled_from(["native", "fit"]),
+    policy=st.sampled_from(["balanced", "native", "fit"]),
 )
 def test_grid_covers_canvas_and_tiles_stay_native(h, w, nh, nw, patch, policy):
     g = TileGrid.for_canvas(h, w, nh, nw, multiple=patch, policy=policy)
@@ -107,6 +107,55 @@ def test_common_outputs_get_a_grid(px, native, tiles):
     g = TileGrid.for_canvas(px[0] // f, px[1] // f, native[0] // f, native[1] // f, multiple=2)
     assert (g.rows, g.cols) == tiles
     assert (g.valid_h, g.valid_w) == (px[0] // f, px[1] // f)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    h=st.integers(1, 600),
+    w=st.integers(1, 600),
+    nh=st.integers(2, 120),
+    nw=st.integers(2, 120),
+    patch=st.sampled_from([1, 2]),
+)
+def test_balanced_tiles_are_between_three_quarters_and_all_of_native(h, w, nh, nw, patch):
+    g = TileGrid.for_canvas(h, w, nh, nw, multiple=patch)  # the default policy
+    native = TileGrid.for_canvas(h, w, nh, nw, multiple=patch, policy="native")
+    assert (g.rows, g.cols) == (native.rows, native.cols)  # as few tiles as native tiles take
+    # tiles take the canvas's orientation (portrait tiles for portrait canvases)
+    th, tw = (nw, nh) if (h > w and nh < nw) or (h < w and nh > nw) else (nh, nw)
+    for tile, n, valid, nat in ((g.tile_h, g.rows, h, th), (g.tile_w, g.cols, w, tw)):
+        nat = max(patch, nat - nat % patch)
+        assert tile <= nat and tile % patch == 0
+        if n > 1:
+            assert 4 * tile >= 3 * nat
+        else:
+            assert tile == -(-valid // patch) * patch
+    assert g.padding_waste <= native.padding_waste + 1e-12
+
+
+@pytest.mark.parametrize("height, width", [(1080, 1920), (1440, 2560), (2160, 3840), (1920, 1080)])
+def test_default_plan_wastes_at_most_five_percent_on_padding(height, width):
+    """Issue 8: the default tile grid of the 1.3B shape at the sizes people ask for."""
+    import dask.config
+
+    import supergen_dask as sd
+
+    spec = sd.RenderSpec(
+        prompt="x", model="random-wan2.1-1.3b-shape", height=height, width=width, num_frames=81
+    )
+    with dask.config.set({"supergen.limits.enabled": False}):
+        plan = sd.plan_render(spec)
+    g = plan.refine.grid
+    info = plan.model
+    nh, nw = info.native_latent_hw
+    if height > width:
+        nh, nw = nw, nh
+    assert 0 <= g.padding_waste <= 0.05, (g, g.padding_waste)
+    assert 0.75 * nh <= g.tile_h <= nh and 0.75 * nw <= g.tile_w <= nw
+    assert f"{g.padding_waste:+.1%} compute on padding" in plan.summary()
+    with dask.config.set({"supergen.limits.enabled": False}):
+        native = sd.plan_render(spec.replace(tile_policy="native")).refine.grid
+    assert native.padding_waste > 0.05  # what the default used to waste
 
 
 def test_fit_policy_has_no_padding_for_4k():

@@ -20,7 +20,10 @@ from supergen_dask.integrity import repair_store, verify_render
 
 pytestmark = pytest.mark.slow
 
-SPEC = tiny_spec(prompt="a green circle moving up", num_inference_steps=6, refine_steps=4, seed=5)
+# the default storage (float16, retention): what the command line below renders
+DEFAULT_SPEC = tiny_spec(prompt="a green circle moving up", num_inference_steps=6, refine_steps=4, seed=5)
+# every step kept: most tests here damage intermediate chunks and rewind markers
+SPEC = DEFAULT_SPEC.replace(output=sd.OutputSettings(keep_every=1, keep_history=True))
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +37,14 @@ def pclient():
 def reference(tmp_path_factory, pclient) -> Path:
     out = tmp_path_factory.mktemp("reference") / "r"
     sd.render(SPEC, output_dir=out, client=pclient, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def default_reference(tmp_path_factory, pclient) -> Path:
+    """``DEFAULT_SPEC`` rendered uninterrupted (intermediate steps freed as it goes)."""
+    out = tmp_path_factory.mktemp("default_reference") / "r"
+    sd.render(DEFAULT_SPEC, output_dir=out, client=pclient, progress=False)
     return out
 
 
@@ -172,8 +183,10 @@ def test_estimate_matches_the_store(reference):
     steps=st.integers(1, 60),
     anchor=st.booleans(),
     fp16=st.booleans(),
+    keep_every=st.sampled_from([None, 0, 1, 3]),
+    keep_history=st.sampled_from([None, True, False]),
 )
-def test_estimate_is_the_layouts_bytes(height, width, frames, steps, anchor, fp16):
+def test_estimate_is_the_layouts_bytes(height, width, frames, steps, anchor, fp16, keep_every, keep_history):
     import dask.config
 
     spec = tiny_spec(
@@ -183,7 +196,9 @@ def test_estimate_is_the_layouts_bytes(height, width, frames, steps, anchor, fp1
         num_inference_steps=steps,
         refine_steps=max(1, steps - 1) if anchor else steps,
         anchor=sd.AnchorSettings(strength=0.5 if anchor and steps > 1 else 0.0),
-        output=sd.OutputSettings(store_dtype="float16" if fp16 else "float32"),
+        output=sd.OutputSettings(
+            store_dtype="float16" if fp16 else "float32", keep_every=keep_every, keep_history=keep_history
+        ),
     )
     with dask.config.set({"supergen.limits.enabled": False}):
         plan = sd.plan_render(spec)
@@ -191,10 +206,12 @@ def test_estimate_is_the_layouts_bytes(height, width, frames, steps, anchor, fp1
     if est.tile_tasks < 20000:  # the layout holds one object per decode region: keep it small
         assert est.store_parts == layout_nbytes(plan.layout())
     assert est.tile_tasks == plan.n_tile_tasks() and est.task_bytes > 0
-    assert np.isfinite(est.store_bytes)
+    assert np.isfinite(est.store_bytes) and est.store_bytes <= est.store_peak_bytes
 
 
-def test_full_disk_is_one_line_and_resumes_bit_identical(tmp_path, reference, pclient, monkeypatch, capsys):
+def test_full_disk_is_one_line_and_resumes_bit_identical(
+    tmp_path, default_reference, pclient, monkeypatch, capsys
+):
     import errno
 
     calls = {"n": 0}
@@ -216,10 +233,10 @@ def test_full_disk_is_one_line_and_resumes_bit_identical(tmp_path, reference, pc
     assert len(err) == 1 and "No space left" in err[0] and f"supergen resume {out}" in err[0], err
     monkeypatch.undo()
     sd.resume(out, client=pclient, progress=False)
-    assert_renders_identical(reference, out)
+    assert_renders_identical(default_reference, out)
 
 
-def test_two_runs_on_one_directory_do_the_work_once(tmp_path, reference):
+def test_two_runs_on_one_directory_do_the_work_once(tmp_path, default_reference):
     import os
     import subprocess
     import sys
@@ -242,7 +259,7 @@ def test_two_runs_on_one_directory_do_the_work_once(tmp_path, reference):
         sessions = store.tile_stats(stage)["session"]
         assert len(np.unique(sessions)) == 1, sessions
     assert [s["status"] for s in store.attrs["sessions"]] == ["finished", "finished"]
-    assert_renders_identical(reference, out)
+    assert_renders_identical(default_reference, out)
 
 
 def test_a_killed_session_is_marked_by_the_next_run(tmp_path, reference):

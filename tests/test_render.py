@@ -61,7 +61,7 @@ def _reference_stage(plan, store: RenderStore, stage_name: str) -> list[torch.Te
 
 @pytest.mark.parametrize("scheduler, anchor", [("unipc", 0.0), ("flow-euler", 0.0), ("unipc", 0.6)])
 def test_tiles_equal_full_canvas_reference(tmp_path, client, scheduler, anchor):
-    # 96x160 px -> 12x20 latent cells on a padded 16x24 canvas of 8x8 tiles: shifting wraps tiles
+    # 96x160 px -> 12x20 latent cells on a padded 12x24 canvas of 6x8 tiles: shifting wraps tiles
     # around both edges, so the reference exercises torus wrap, padding and the shifted reads.
     spec = tiny_spec(
         height=96,
@@ -70,6 +70,8 @@ def test_tiles_equal_full_canvas_reference(tmp_path, client, scheduler, anchor):
         num_inference_steps=6,
         refine_steps=4,
         anchor=sd.AnchorSettings(strength=anchor),
+        # the reference keeps float32 and every step: compare what was computed, exactly
+        output=sd.OutputSettings(store_dtype="float32", keep_every=1, keep_history=True),
     )
     result = sd.render(spec, output_dir=tmp_path / "r", client=client, progress=False)
     plan = result.plan
@@ -106,9 +108,16 @@ def test_video_and_xarray_view(tmp_path, client):
     assert np.allclose(ds.timestep.values, plan.refine.timesteps)
     assert bool(ds.done.all())
     store = RenderStore.open(str(result.store_path), mode="r")
+    # retention (default): the kept steps read as stored, the freed ones as NaN
+    kept = [s for s in plan.refine.steps if (s + 1) % plan.spec.output.keep_every == 0]
+    assert ds.attrs["steps_kept"] == sorted({*kept, plan.refine.last})
+    assert list(ds.kept.values) == [s in ds.attrs["steps_kept"] for s in plan.refine.steps]
     for step in plan.refine.steps:
-        full = store.read_canvas("refine", "latents", step)
-        np.testing.assert_array_equal(ds.latents.sel(step=step).values, full[..., :12, :20])
+        if step in ds.attrs["steps_kept"]:
+            full = store.read_canvas("refine", "latents", step)
+            np.testing.assert_array_equal(ds.latents.sel(step=step).values, full[..., :12, :20])
+        else:
+            assert np.isnan(ds.latents.sel(step=step).values).all()
     # the uncropped view is the padded canvas exactly as the tasks wrote it
     raw = sd.open_render(str(result.store_path), crop=False)
     assert raw.latents.shape[-2:] == (plan.refine.grid.canvas_h, plan.refine.grid.canvas_w)
@@ -153,7 +162,9 @@ def test_sketch_with_split_guidance_resumes_to_the_same_bytes(tmp_path, client):
     outputs possibly written) resumes to the bytes of an uninterrupted one."""
     import shutil
 
-    spec = tiny_spec()
+    # every step kept: the stop is simulated by clearing markers (a real stop with retention:
+    # test_retention.py)
+    spec = tiny_spec(output=sd.OutputSettings(keep_every=1, keep_history=True))
     full = sd.render(spec, output_dir=tmp_path / "full", client=client, progress=False)
     assert full.plan.sketch.split_guidance
     part = tmp_path / "part"
@@ -242,9 +253,10 @@ def test_quality_is_measured_and_stored(tmp_path, client):
 
 
 def test_anchoring_changes_the_refinement(tmp_path, client):
-    base = sd.render(tiny_spec(), output_dir=tmp_path / "a", client=client, progress=False)
+    keep = sd.OutputSettings(keep_every=1)  # the first refinement step is compared too
+    base = sd.render(tiny_spec(output=keep), output_dir=tmp_path / "a", client=client, progress=False)
     anchored = sd.render(
-        tiny_spec(anchor=sd.AnchorSettings(strength=0.8)),
+        tiny_spec(anchor=sd.AnchorSettings(strength=0.8), output=keep),
         output_dir=tmp_path / "b",
         client=client,
         progress=False,

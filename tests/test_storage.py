@@ -213,7 +213,7 @@ def test_readers_check_their_own_chunk_and_never_use_a_missing_one(tmp_path):
     st.integers(1, 20),
     st.integers(1, 16),
     st.integers(1, 3),
-    st.sampled_from(["native", "fit"]),
+    st.sampled_from(["balanced", "native", "fit"]),
 )
 def test_every_chunk_is_read_by_the_same_tile_of_the_next_step(
     height, width, steps, divisions, every, policy

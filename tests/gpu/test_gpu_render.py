@@ -82,7 +82,13 @@ def test_one_tile_render_equals_the_diffusers_pipeline_in_bf16(tmp_path):
     those of diffusers' own WanPipeline run from the same noise and prompt embeddings."""
     from diffusers import WanPipeline
 
-    spec = _spec(height=64, width=64, num_inference_steps=6, refine_steps=6)
+    spec = _spec(
+        height=64,
+        width=64,
+        num_inference_steps=6,
+        refine_steps=6,
+        output=sd.OutputSettings(store_dtype="float32"),  # what the pipeline computes, unrounded
+    )
     result = _render(spec, tmp_path / "r", 1)
     plan = result.plan
     assert plan.sketch is None and plan.refine.grid.n_tiles == 1
@@ -142,7 +148,7 @@ def test_two_gpus_are_both_used_and_agree_with_one(tmp_path):
 
 
 def test_float16_storage_end_to_end(tmp_path):
-    f32 = _render(_spec(), tmp_path / "f32", 1)
+    f32 = _render(_spec(output=sd.OutputSettings(store_dtype="float32")), tmp_path / "f32", 1)
     f16 = _render(_spec(output=sd.OutputSettings(store_dtype="float16")), tmp_path / "f16", 1)
     s16 = RenderStore.open(str(f16.store_path), mode="r")
     assert s16.array("refine/latents").dtype == np.float16
