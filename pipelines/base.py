@@ -70,6 +70,12 @@ class ModelInfo:
     prompt_grammar: str = ""
     latent_frame_multiple: int = 1
     latent_pad_frames: int = 0
+    # image-to-video (``supports_image``): the shape of ``encode_image``'s condition, known without
+    # weights so a render's store can hold it: ``image_channels`` latent-canvas channels (0: none),
+    # ``image_tokens`` x ``image_embed_dim`` global embeddings (0: none)
+    image_channels: int = 0
+    image_tokens: int = 0
+    image_embed_dim: int = 0
 
     def frames_ok(self, num_frames: int) -> bool:
         """Whether the VAE can take ``num_frames`` (causal video VAEs want 1 + k * factor) and the

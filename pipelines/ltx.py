@@ -181,7 +181,7 @@ class LTXBackend(LazyBackend):
     """LTX-Video text-to-video behind the renderer's protocol (see the module docstring)."""
 
     @torch.no_grad()
-    def predict(self, latents, timestep, embeds, offset=(0, 0)):
+    def predict(self, latents, timestep, embeds, offset=(0, 0), image=None):  # text-to-video: no image
         model = self.transformer
         p, p_t = model.config.patch_size, model.config.patch_size_t
         _, _, frames, h, w = latents.shape

@@ -58,7 +58,7 @@ DEFAULTS = FamilyDefaults(
     default_refine_fraction=0.9,
     temporal_factor=4,
     text_tokens=512,
-    description="Wan 2.1/2.2 (WanTransformer3DModel + AutoencoderKLWan, UMT5); I2V through the backend only",
+    description="Wan 2.1/2.2 (WanTransformer3DModel + AutoencoderKLWan, UMT5); I2V with --image",
 )
 
 FLOW_UNIPC = {
@@ -149,7 +149,8 @@ def _wan_info(
         spatial_factor=int(vae.get("scale_factor_spatial") or 8),
         temporal_factor=int(vae.get("scale_factor_temporal") or 4),
         patch_spatial=int(patch[1]),
-        latent_channels=int(transformer.get("in_channels", 16)),
+        # I2V transformers take the image condition as extra input channels: the latents are out_channels
+        latent_channels=int(transformer.get("out_channels") or transformer.get("in_channels", 16)),
         scheduler_class=scheduler_class,
         scheduler_config=scheduler_config,
         text_embed_dim=int(transformer.get("text_dim", 4096)),
@@ -240,8 +241,24 @@ def directory_info(path: str | Path) -> ModelInfo:
         revision=directory_revision(root),
         supports_image=index.get("_class_name") == "WanImageToVideoPipeline",
     )
+    if info["supports_image"]:
+        info.update(_image_shape(root, index, transformer))
     cls = sched.pop("_class_name")
     return _wan_info(str(root), transformer, vae, cls, sched, **info)
+
+
+def _image_shape(root: Path, index: dict, transformer: dict) -> dict[str, int]:
+    """The I2V condition's shape: its latent-canvas channels (the first-frame mask and encoded
+    frames, riding along the latents as the transformer's extra input channels) and, with a CLIP
+    image encoder (Wan 2.1), its penultimate hidden states: one token per patch plus the class
+    token."""
+    channels = int(transformer.get("in_channels", 16)) - int(transformer.get("out_channels") or 16)
+    out = {"image_channels": channels}
+    if (index.get("image_encoder") or [None])[0] is not None:
+        clip = read_json(root / "image_encoder" / "config.json")
+        side = int(clip.get("image_size", 224)) // int(clip.get("patch_size", 14))
+        out.update(image_tokens=side * side + 1, image_embed_dim=int(clip.get("hidden_size", 1280)))
+    return out
 
 
 class WanBackend(LazyBackend):
@@ -287,7 +304,7 @@ class WanBackend(LazyBackend):
             if image is None or image.latents is None:
                 raise ValueError(
                     f"{self.info.name} is an image-to-video model: predict needs the tile's image "
-                    "condition (the renderer does not pass one yet)"
+                    "condition (ImageCondition from encode_image)"
                 )
             if self.expand_timesteps:
                 raise NotImplementedError(

@@ -21,7 +21,9 @@ class StageLayout:
     its tiles is exactly one chunk; ``start`` (the stage's input) is stored in the first step's grid,
     and so is ``anchor`` (the clean upscaled sketch) when the stage mixes it in. ``branches`` > 0
     stores each guidance branch's model output per step (``prediction``) when the branches run as
-    separate tasks.
+    separate tasks. ``image_channels`` > 0 stores an image-to-video condition on the canvas
+    (``image``, in the first step's grid like ``start``, read at any step's shifted window), and
+    ``image_tokens`` x ``image_embed_dim`` its global embeddings (``image_embeds``).
     """
 
     name: str
@@ -40,6 +42,9 @@ class StageLayout:
     dtype: str = "float32"
     anchor: bool = False
     branches: int = 0
+    image_channels: int = 0
+    image_tokens: int = 0
+    image_embed_dim: int = 0
 
     def __post_init__(self) -> None:
         if not (len(self.steps) == len(self.timesteps) == len(self.offsets)) or not self.steps:

@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--spec", help="a JSON or YAML spec file; command-line options override its fields")
     r.add_argument("--prompt")
     r.add_argument("--negative-prompt")
+    r.add_argument("--image", help="first frame of an image-to-video model (an image file PIL reads)")
     r.add_argument("--height", type=int, help="output height in pixels (default: 2x native)")
     r.add_argument("--width", type=int, help="output width in pixels (default: 2x native)")
     r.add_argument("--num-frames", type=int)
@@ -158,6 +159,7 @@ def spec_from_args(args: argparse.Namespace):
     for name in (
         "prompt",
         "negative_prompt",
+        "image",
         "height",
         "width",
         "num_frames",

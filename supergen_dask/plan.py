@@ -75,7 +75,10 @@ class StagePlan:
         cells = self.grid.covering(y0, x0, h, w, self.offset(step))
         return [TileKey(self.name, step, r, c) for r, c in cells]
 
-    def layout(self, slots: dict[str, int], dtype: str, anchor: bool = False) -> StageLayout:
+    def layout(
+        self, slots: dict[str, int], dtype: str, anchor: bool = False, image: tuple[int, int, int] = (0, 0, 0)
+    ) -> StageLayout:
+        """The stage's arrays; ``image`` is the image condition's (channels, tokens, embed dim)."""
         g = self.grid
         return StageLayout(
             name=self.name,
@@ -94,6 +97,9 @@ class StagePlan:
             dtype=dtype,
             anchor=anchor,
             branches=2 if self.split_guidance else 0,
+            image_channels=image[0],
+            image_tokens=image[1],
+            image_embed_dim=image[2],
         )
 
     def to_dict(self) -> dict:
@@ -139,6 +145,8 @@ class RenderPlan:
     encode_threads: int = 2
     encode_segment_frames: int = 16
     quality_frames: int = 33
+    # sha256 of the conditioning image's file (image-to-video), checked when the image is encoded
+    image_sha256: str = ""
 
     # -- derived ----------------------------------------------------------------------------------
     @property
@@ -190,6 +198,8 @@ class RenderPlan:
     def tasks(self) -> tuple[str, ...]:
         """One-off tasks with a done marker, in graph order."""
         names = ["prompt"]
+        if self.spec.image is not None:
+            names += [f"image_{s.name}" for s in self.stages]
         names.append("sketch_init" if self.sketch is not None else "refine_init")
         if self.sketch is not None:
             names.append("upscale")
@@ -223,9 +233,12 @@ class RenderPlan:
         dtype = self.spec.output.store_dtype
         g = self.refine.grid
         sp = self.sketch_pixel_size
+        m = self.model
+        image = (m.image_channels, m.image_tokens, m.image_embed_dim) if self.spec.image else (0, 0, 0)
         return RenderLayout(
             stages=tuple(
-                s.layout(slots, dtype, anchor=self.anchored and s.name == "refine") for s in self.stages
+                s.layout(slots, dtype, anchor=self.anchored and s.name == "refine", image=image)
+                for s in self.stages
             ),
             decode=DecodeLayout(
                 frames=self.pixel_frames,
@@ -274,6 +287,7 @@ class RenderPlan:
             "encode_threads": self.encode_threads,
             "encode_segment_frames": self.encode_segment_frames,
             "quality_frames": self.quality_frames,
+            "image_sha256": self.image_sha256,
         }
 
     @classmethod
@@ -291,6 +305,7 @@ class RenderPlan:
             encode_threads=d.get("encode_threads", 2),
             encode_segment_frames=d.get("encode_segment_frames", 10**6),
             quality_frames=d.get("quality_frames", 33),
+            image_sha256=d.get("image_sha256", ""),
         )
 
 
@@ -383,11 +398,19 @@ def plan_render(spec: RenderSpec) -> RenderPlan:
         encode_threads=int(config.get("encode.threads")),
         encode_segment_frames=int(config.get("encode.segment-frames")),
         quality_frames=quality_frames(spec.height, spec.width),
+        image_sha256=image_digest(spec.image),
     )
     from supergen_dask.estimate import check_limits
 
     check_limits(plan)
     return plan
+
+
+def image_digest(path: str | None) -> str:
+    """sha256 of an image-to-video render's image file ('' without one)."""
+    from supergen_dask.conditioning import file_digest
+
+    return "" if path is None else file_digest(path)
 
 
 def quality_frames(height: int, width: int) -> int:

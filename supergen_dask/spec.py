@@ -276,10 +276,14 @@ class RenderSpec:
 
     def token(self, revision: str = "") -> str:
         """Stable hash of the (resolved) spec and the model's weights revision: names the render
-        and its Dask keys, so the same request on the same weights resumes the same render."""
-        blob = json.dumps(
-            {"spec": self.to_dict(), "revision": revision}, sort_keys=True, separators=(",", ":")
-        )
+        and its Dask keys, so the same request on the same weights resumes the same render. The
+        conditioning image counts by its content (sha256 of the file), not by its path."""
+        spec = self.to_dict()
+        if self.image is not None:
+            from supergen_dask.conditioning import file_digest
+
+            spec["image"] = file_digest(self.image)
+        blob = json.dumps({"spec": spec, "revision": revision}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     # -- validation -----------------------------------------------------------------------------
@@ -346,11 +350,22 @@ class RenderSpec:
                     raise SpecError(
                         name, f"must be a multiple of {min_side} (VAE factor x patch), got {value}"
                     )
-        if self.image is not None:
+        image = self.image
+        if image is not None:
             if not info.supports_image:
                 raise SpecError(
                     "image", f"model {info.name} is text-to-video and takes no image; allowed: [None]"
                 )
+            from supergen_dask.conditioning import ImageFileError, check_image
+
+            try:
+                image = check_image(image)
+            except ImageFileError as exc:
+                raise SpecError("image", str(exc)) from None
+        elif info.supports_image:
+            raise SpecError(
+                "image", f"model {info.name} is image-to-video: give the first frame (--image PATH)"
+            )
         for sub in (self.shift, self.cache, self.anchor, self.output):
             if not hasattr(sub, "validate"):
                 raise SpecError("spec", f"bad settings object {sub!r}")
@@ -367,4 +382,5 @@ class RenderSpec:
             refine_steps=k,
             guidance_scale=guidance,
             fps=fps,
+            image=image,
         )

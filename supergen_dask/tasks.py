@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from supergen_dask import worker_models
+from supergen_dask.conditioning import blank_condition, tile_image
 from supergen_dask.geometry import TileKey
 from supergen_dask.noise import position_noise, window_noise
 from supergen_dask.plan import RenderPlan, StagePlan
@@ -149,7 +150,12 @@ def warm_worker(plan: RenderPlan, url: str, instance: str, *deps) -> dict:
     g = st.grid
     x = torch.zeros(1, st.channels, st.latent_frames, g.tile_h, g.tile_w, device=backend.device)
     emb = torch.zeros(1, plan.model.text_tokens, plan.model.text_embed_dim, device=backend.device)
-    backend.predict(x, torch.full((1,), float(st.timesteps[0]), device=backend.device), emb)
+    image = (
+        blank_condition(plan.model, st.latent_frames, g.tile_h, g.tile_w, backend.device)
+        if plan.spec.image
+        else None
+    )
+    backend.predict(x, torch.full((1,), float(st.timesteps[0]), device=backend.device), emb, image=image)
     _sync(backend.device)
     return _receipt("warm", "warm", t0, gpu=worker_models.gpu_identity())
 
@@ -302,6 +308,7 @@ def denoise_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, sessio
     t_read0 = time.perf_counter()
     sample, region = _tile_input(store, plan, key, device)
     neg, pos = worker_models.prompt_embeds(store, device)
+    image = tile_image(store, plan, key, device, batch=2 if plan.cfg else 1)
     t_read = time.perf_counter() - t_read0
 
     t_fwd0 = time.perf_counter()
@@ -309,11 +316,13 @@ def denoise_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, sessio
     t = region.timestep.to(device)
     offset = st.origin(key)
     if plan.cfg:
-        out = backend.predict(torch.cat([model_in, model_in]), t.expand(2), torch.stack([neg, pos]), offset)
+        out = backend.predict(
+            torch.cat([model_in, model_in]), t.expand(2), torch.stack([neg, pos]), offset, image=image
+        )
         uncond, cond = out.chunk(2)
         noise_pred = guided(uncond, cond, plan.spec.guidance_scale)
     else:
-        noise_pred = backend.predict(model_in, t.expand(1), pos[None], offset)
+        noise_pred = backend.predict(model_in, t.expand(1), pos[None], offset, image=image)
     new, new_state = region.step(noise_pred.float(), sample)
     check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype)
     _sync(device)
@@ -386,9 +395,11 @@ def predict_branch(
         if branch == 0:
             pending = (new, new_state, stats)
     embeds = worker_models.prompt_embeds(store, device)[branch]
+    image = tile_image(store, plan, key, device)
     t_fwd0 = time.perf_counter()
     model_in = region.scale_model_input(sample)
-    out = backend.predict(model_in, region.timestep.to(device).expand(1), embeds[None], st.origin(key))
+    t = region.timestep.to(device).expand(1)
+    out = backend.predict(model_in, t, embeds[None], st.origin(key), image=image)
     finished = {}
     if pending is not None:  # written while the GPU computes (kernels run asynchronously)
         _finish_tile(store, plan, prev, *pending)
