@@ -6,7 +6,8 @@ pixel size (the sketch's size for the sketch, the output size for refinement) an
 canvas like the upscaled sketch. Its canvas part (``ImageCondition.latents``) is stored like a
 stage's ``start``: one chunk per tile of the first step's grid, so a tile of any later step reads
 its window rolled exactly like its latents. Its global part (``ImageCondition.embeds``) is stored
-whole and every tile gets all of it. What the condition *is* (mask channels, first-frame latents,
+whole and every tile gets all of it. A condition that fixes cells (``ImageCondition.frozen``: Wan
+2.2 TI2V's first frame) is applied to each stepped tile as well. What the condition *is* (mask channels, first-frame latents,
 CLIP tokens) is the family's business, in ``pipelines``; nothing here names a family.
 
 Pure functions (``check_image``, ``file_digest``, ``read_image``, ``stage_image``, ``crop_tile``,
@@ -113,7 +114,7 @@ def blank_condition(info: ModelInfo, frames: int, h: int, w: int, device, batch:
     embeds = None
     if info.image_tokens:
         embeds = torch.zeros(batch, info.image_tokens, info.image_embed_dim, device=device)
-    return ImageCondition(latents, embeds)
+    return ImageCondition(latents, embeds, info.image_frozen)
 
 
 # -- tasks (thin wrappers over the store) ---------------------------------------------------------
@@ -174,4 +175,4 @@ def tile_image(store, plan, key, device, batch: int = 1) -> ImageCondition | Non
     latents = (
         torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32)).to(device).permute(1, 0, 2, 3)[None]
     )
-    return ImageCondition(latents, embeds).repeat(batch)
+    return ImageCondition(latents, embeds, plan.model.image_frozen).repeat(batch)

@@ -324,6 +324,7 @@ def denoise_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, sessio
     else:
         noise_pred = backend.predict(model_in, t.expand(1), pos[None], offset, image=image)
     new, new_state = region.step(noise_pred.float(), sample)
+    new = image.freeze(new) if image is not None else new  # cells an image condition fixes
     check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype)
     _sync(device)
     t_fwd = time.perf_counter() - t_fwd0
@@ -356,6 +357,8 @@ def _combined_step(store, plan: RenderPlan, key: TileKey, session: int, t0: floa
     t_read = time.perf_counter() - t_read0
     t_step0 = time.perf_counter()
     new, new_state = region.step(guided(uncond, cond, plan.spec.guidance_scale), sample)
+    image = tile_image(store, plan, key, "cpu")
+    new = image.freeze(new) if image is not None else new  # cells an image condition fixes
     check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype)
     stats = {"t0": t0, "started": started, "read_seconds": t_read}
     stats.update(forward_seconds=time.perf_counter() - t_step0, session=session, computed=1)

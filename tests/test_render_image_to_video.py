@@ -21,6 +21,7 @@ from family_checks import assert_steps_close, collect_steps, native_spec, stored
 from PIL import Image
 
 import supergen_dask as sd
+from pipelines import ImageCondition
 from storage import RenderStore
 from supergen_dask import worker_models
 from supergen_dask.cli import EXIT_BAD_INPUT, main
@@ -39,7 +40,11 @@ def models(tmp_path_factory):
     return {
         "wan": save_wan(root / "wan-i2v", variant="2.1-i2v"),
         "cog": save_cog(root / "cog-i2v", image=True),
+        "ti2v": save_wan(root / "wan-ti2v-i2v", variant="2.2-ti2v-i2v", native=(128, 128)),
     }
+
+
+SIZE_2X = {"wan": 128, "cog": 128, "ti2v": 256}
 
 
 def _picture(path: Path, seed: int, size=(64, 64)) -> Path:
@@ -119,6 +124,40 @@ def test_native_cogvideox_i2v_render_equals_the_diffusers_pipeline(
     assert_steps_close(ours, [t[0] for t in theirs])
 
 
+def test_native_wan22_ti2v_render_equals_the_diffusers_pipeline(tmp_path, client, models, picture):
+    """TI2V-5B's condition is frozen cells (the first latent frame is the image's, at timestep 0):
+    every step's stored latents are the pipeline's with those cells fixed, as it fixes them
+    before decoding."""
+    from diffusers import WanImageToVideoPipeline
+
+    steps = 4
+    spec = native_spec(
+        models["ti2v"], steps=steps, guidance=5.0, frames=9, size=(128, 128), image=str(picture)
+    )
+    result = sd.render(spec, output_dir=tmp_path / "r", client=client, progress=False)
+    assert result.plan.refine.grid.n_tiles == 1 and result.plan.model.image_frozen
+    start, ours, (neg, pos) = stored_steps(result)
+    store = RenderStore.open(str(result.store_path), mode="r")
+    cond = torch.from_numpy(store.read_canvas("refine", "image", None)).permute(1, 0, 2, 3)[None]
+    assert torch.equal(cond[:, 0, 0], torch.ones_like(cond[:, 0, 0])) and not cond[:, 0, 1:].any()
+    frozen = ImageCondition(cond, None, frozen=True)
+    pipe = WanImageToVideoPipeline.from_pretrained(str(models["ti2v"]))
+    theirs = collect_steps(
+        pipe,
+        image=Image.open(picture),
+        prompt_embeds=torch.from_numpy(pos)[None],
+        negative_prompt_embeds=torch.from_numpy(neg)[None],
+        latents=torch.from_numpy(start).permute(1, 0, 2, 3)[None],
+        num_inference_steps=steps,
+        guidance_scale=5.0,
+        height=128,
+        width=128,
+        num_frames=9,
+    )
+    assert_steps_close(ours, [frozen.freeze(t)[0].permute(1, 0, 2, 3) for t in theirs])
+    assert np.abs(ours[-1][1:] - start[1:]).max() > 0.1  # the moving frames moved
+
+
 # -- tiles: the crop of the condition at each shifted window --------------------------------------
 def _tiled_spec(model_dir, picture, **kw):
     fields = dict(
@@ -169,15 +208,16 @@ def _reference_with_image(result, picture) -> list[torch.Tensor]:
             u, cnd = out.chunk(2)
             rolled_pred[sl] = u + plan.spec.guidance_scale * (cnd - u)
         x = sched.step(torch.roll(rolled_pred, (oy, ox), (-2, -1)), t, x, return_dict=False)[0]
+        x = cond.freeze(x)
         outs.append(x.clone())
     return outs
 
 
-@pytest.mark.parametrize("family", ["wan", "cog"])
+@pytest.mark.parametrize("family", ["wan", "cog", "ti2v"])
 def test_tiled_i2v_render_is_the_same_on_1_and_3_workers_and_crops_at_the_shifted_window(
     tmp_path, models, picture, family
 ):
-    spec = _tiled_spec(models[family], picture)
+    spec = _tiled_spec(models[family], picture, height=SIZE_2X[family], width=SIZE_2X[family])
     plan = plan_render(spec)
     assert plan.refine.grid.n_tiles == 4 and plan.sketch is not None and plan.refine.shift.stride_y > 0
     results = {}
