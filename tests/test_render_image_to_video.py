@@ -34,6 +34,7 @@ from supergen_dask.spec import SpecError
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     from pipelines.cogvideox import save_tiny_pipeline as save_cog
+    from pipelines.ltx import save_tiny_pipeline as save_ltx
     from pipelines.wan import save_tiny_pipeline as save_wan
 
     root = tmp_path_factory.mktemp("models")
@@ -41,10 +42,11 @@ def models(tmp_path_factory):
         "wan": save_wan(root / "wan-i2v", variant="2.1-i2v"),
         "cog": save_cog(root / "cog-i2v", image=True),
         "ti2v": save_wan(root / "wan-ti2v-i2v", variant="2.2-ti2v-i2v", native=(128, 128)),
+        "ltx": save_ltx(root / "ltx-i2v", image=True),
     }
 
 
-SIZE_2X = {"wan": 128, "cog": 128, "ti2v": 256}
+SIZE_2X = {"wan": 128, "cog": 128, "ti2v": 256, "ltx": 256}
 
 
 def _picture(path: Path, seed: int, size=(64, 64)) -> Path:
@@ -158,6 +160,53 @@ def test_native_wan22_ti2v_render_equals_the_diffusers_pipeline(tmp_path, client
     assert np.abs(ours[-1][1:] - start[1:]).max() > 0.1  # the moving frames moved
 
 
+def test_native_ltx_i2v_render_equals_the_diffusers_pipeline(tmp_path, client, models, picture):
+    """LTX's condition is frozen cells too: the pipeline, given latents whose first frame is the
+    image's, keeps that frame at timestep 0 and never steps it."""
+    from diffusers import LTXImageToVideoPipeline
+    from diffusers.video_processor import VideoProcessor
+
+    from pipelines.base import unpack_text
+    from pipelines.ltx import pack_latents, unpack_latents
+
+    steps = 4
+    spec = native_spec(
+        models["ltx"], steps=steps, guidance=3.0, frames=9, size=(128, 128), image=str(picture)
+    )
+    result = sd.render(spec, output_dir=tmp_path / "r", client=client, progress=False)
+    assert result.plan.refine.grid.n_tiles == 1 and result.plan.model.image_frozen
+    start, ours, (neg, pos) = stored_steps(result)
+    store = RenderStore.open(str(result.store_path), mode="r")
+    cond = torch.from_numpy(store.read_canvas("refine", "image", None)).permute(1, 0, 2, 3)[None]
+    pipe = LTXImageToVideoPipeline.from_pretrained(str(models["ltx"]))
+    # the stored condition is the pipeline's normalised image latent
+    pixels = VideoProcessor(vae_scale_factor=32).preprocess(Image.open(picture), height=128, width=128)
+    z = pipe.vae.encode(pixels[:, :, None]).latent_dist.mode()
+    z = pipe._normalize_latents(
+        z, pipe.vae.latents_mean, pipe.vae.latents_std, pipe.vae.config.scaling_factor
+    )
+    torch.testing.assert_close(cond[:, 1:, :1], z, rtol=0, atol=1e-5)
+    x0 = ImageCondition(cond, None, frozen=True).freeze(torch.from_numpy(start).permute(1, 0, 2, 3)[None])
+    pos_text, pos_mask, _ = unpack_text(torch.from_numpy(pos)[None], has_mask=True)
+    neg_text, neg_mask, _ = unpack_text(torch.from_numpy(neg)[None], has_mask=True)
+    theirs = collect_steps(
+        pipe,
+        image=Image.open(picture),
+        prompt_embeds=pos_text,
+        prompt_attention_mask=pos_mask,
+        negative_prompt_embeds=neg_text,
+        negative_prompt_attention_mask=neg_mask,
+        latents=pack_latents(x0),
+        num_inference_steps=steps,
+        guidance_scale=3.0,
+        height=128,
+        width=128,
+        num_frames=9,
+        frame_rate=25,
+    )
+    assert_steps_close(ours, [unpack_latents(t, 2, 4, 4)[0].permute(1, 0, 2, 3) for t in theirs])
+
+
 # -- tiles: the crop of the condition at each shifted window --------------------------------------
 def _tiled_spec(model_dir, picture, **kw):
     fields = dict(
@@ -176,16 +225,19 @@ def _tiled_spec(model_dir, picture, **kw):
     return sd.RenderSpec(**fields)
 
 
-def _reference_with_image(result, picture) -> list[torch.Tensor]:
-    """The refine stage written the plain way on the whole canvas: the condition encoded from the
-    image file directly, each tile of the shifted grid given ``ImageCondition.crop`` at its
-    origin, predictions fused, one scheduler step per step."""
+def _reference_with_image(result) -> list[torch.Tensor]:
+    """The refine stage written the plain way on the whole canvas: the stage's condition taken
+    whole (un-rolled), each tile of the shifted grid given ``ImageCondition.crop`` of it at its
+    origin, predictions fused, one scheduler step per step (frozen cells fixed after it)."""
     plan = result.plan
     store = RenderStore.open(str(result.store_path), mode="r")
-    st, g, f = plan.refine, plan.refine.grid, plan.model.spatial_factor
+    st, g = plan.refine, plan.refine.grid
     backend = worker_models.get_backend(plan.spec.model, plan.spec.dtype)
-    image = stage_image(read_image(picture), (g.valid_h * f, g.valid_w * f), (g.canvas_h * f, g.canvas_w * f))
-    cond = backend.encode_image(image, plan.pixel_frames)
+    canvas = torch.from_numpy(store.read_canvas("refine", "image", None)).permute(1, 0, 2, 3)[None]
+    embeds = store.array("refine/image_embeds")[...][None] if plan.model.image_tokens else None
+    cond = ImageCondition(
+        canvas, None if embeds is None else torch.from_numpy(embeds), plan.model.image_frozen
+    )
     neg, pos = (torch.from_numpy(a) for a in store.read_prompt_embeds())
     x = torch.from_numpy(store.read_canvas("refine", "start", None)).permute(1, 0, 2, 3)[None]
     sched = plan.scheduler.build()
@@ -213,7 +265,7 @@ def _reference_with_image(result, picture) -> list[torch.Tensor]:
     return outs
 
 
-@pytest.mark.parametrize("family", ["wan", "cog", "ti2v"])
+@pytest.mark.parametrize("family", ["wan", "cog", "ti2v", "ltx"])
 def test_tiled_i2v_render_is_the_same_on_1_and_3_workers_and_crops_at_the_shifted_window(
     tmp_path, models, picture, family
 ):
@@ -228,21 +280,24 @@ def test_tiled_i2v_render_is_the_same_on_1_and_3_workers_and_crops_at_the_shifte
     result = results[1]
     store = RenderStore.open(str(result.store_path), mode="r")
     assert store.tasks_done()["image_sketch"] and store.tasks_done()["image_refine"]
-    # the sketch's condition is the image at the sketch's size
-    sk = plan.sketch.grid
-    f = plan.model.spatial_factor
+    # each stage's condition is the image at the stage's size, encoded (to round-off: a worker's
+    # thread count may change a convolution's summation order)
     backend = worker_models.get_backend(spec.model, spec.dtype)
-    want = backend.encode_image(
-        stage_image(
-            read_image(picture), (sk.valid_h * f, sk.valid_w * f), (sk.canvas_h * f, sk.canvas_w * f)
-        ),
-        plan.pixel_frames,
-    )
-    np.testing.assert_array_equal(
-        store.read_canvas("sketch", "image", None), crop_tile(want.latents, 0, 0, sk.canvas_h, sk.canvas_w)
-    )
+    f = plan.model.spatial_factor
+    for st in plan.stages:
+        g = st.grid
+        pixels = stage_image(
+            read_image(picture), (g.valid_h * f, g.valid_w * f), (g.canvas_h * f, g.canvas_w * f)
+        )
+        want = backend.encode_image(pixels, plan.pixel_frames)
+        np.testing.assert_allclose(
+            store.read_canvas(st.name, "image", None),
+            crop_tile(want.latents, 0, 0, g.canvas_h, g.canvas_w),
+            rtol=0,
+            atol=1e-5,
+        )
     # every refine step equals the whole-canvas method with each tile's crop of the condition
-    for step, expected in zip(plan.refine.steps, _reference_with_image(result, picture), strict=True):
+    for step, expected in zip(plan.refine.steps, _reference_with_image(result), strict=True):
         got = torch.from_numpy(store.read_canvas("refine", "latents", step)).permute(1, 0, 2, 3)[None]
         assert torch.equal(got, expected), f"refine step {step} differs from the whole-canvas method"
     if family == "wan":  # Wan 2.1 I2V's CLIP tokens are stored once per stage, whole
