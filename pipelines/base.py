@@ -77,6 +77,9 @@ class ModelInfo:
     image_tokens: int = 0
     image_embed_dim: int = 0
     image_frozen: bool = False  # the condition replaces cells (``ImageCondition.frozen``)
+    # two-expert models (Wan 2.2 A14B): the timestep below which the second expert denoises and
+    # ``guidance_scale_2`` applies (diffusers' rule); 0: one expert, one guidance scale
+    guidance_boundary: float = 0.0
 
     def frames_ok(self, num_frames: int) -> bool:
         """Whether the VAE can take ``num_frames`` (causal video VAEs want 1 + k * factor) and the

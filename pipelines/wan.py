@@ -243,6 +243,8 @@ def directory_info(path: str | Path) -> ModelInfo:
     )
     if info["supports_image"]:
         info.update(_image_shape(root, index, transformer))
+    if index.get("boundary_ratio") is not None and (index.get("transformer_2") or [None])[0] is not None:
+        info["guidance_boundary"] = float(index["boundary_ratio"]) * sched.get("num_train_timesteps", 1000)
     cls = sched.pop("_class_name")
     return _wan_info(str(root), transformer, vae, cls, sched, **info)
 

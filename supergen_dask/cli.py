@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--num-inference-steps", type=int)
     r.add_argument("--refine-steps", type=int, help="SuperGen's k: tiled steps after re-noising the sketch")
     r.add_argument("--guidance-scale", type=float)
+    r.add_argument("--guidance-scale-2", type=float, help="second expert's scale (Wan 2.2 A14B)")
     r.add_argument("--seed", type=int)
     r.add_argument("--model", help="model name (see `supergen models`) or a local diffusers directory")
     r.add_argument("--scheduler", help="scheduler override: unipc, flow-euler or dpm++")
@@ -166,6 +167,7 @@ def spec_from_args(args: argparse.Namespace):
         "num_inference_steps",
         "refine_steps",
         "guidance_scale",
+        "guidance_scale_2",
         "seed",
         "model",
         "scheduler",

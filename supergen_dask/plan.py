@@ -162,6 +162,16 @@ class RenderPlan:
         """Classifier-free guidance runs (diffusers' rule: guidance_scale > 1)."""
         return self.spec.guidance_scale > 1.0
 
+    def guidance(self, step: int) -> float:
+        """The guidance scale of schedule step ``step``: ``guidance_scale_2`` below a two-expert
+        model's boundary timestep, ``guidance_scale`` otherwise (diffusers' rule)."""
+        s = self.spec
+        if not self.model.guidance_boundary or s.guidance_scale_2 is None:
+            return s.guidance_scale
+        st = next(st for st in self.stages if step in st.steps)
+        t = st.timesteps[st.steps.index(step)]
+        return s.guidance_scale if t >= self.model.guidance_boundary else s.guidance_scale_2
+
     @property
     def anchored(self) -> bool:
         """Refinement mixes in the re-noised upscaled sketch (``spec.anchor``)."""

@@ -221,6 +221,8 @@ class OutputSettings:
 class RenderSpec:
     """One render request, with diffusers' argument names.
 
+    ``guidance_scale_2`` is the second expert's scale of a two-expert model (Wan 2.2 A14B, below
+    its boundary timestep); left open it is ``guidance_scale``, as in diffusers.
     ``refine_steps`` is SuperGen's k: the sketch is re-noised to step ``num_inference_steps - k``
     and refined with k tiled steps (k == num_inference_steps skips the sketch and refines pure
     noise); left open it is the model's ``default_refine_fraction`` of the schedule. Sizes are in
@@ -236,6 +238,7 @@ class RenderSpec:
     num_inference_steps: int | None = None
     refine_steps: int | None = None
     guidance_scale: float | None = None
+    guidance_scale_2: float | None = None
     seed: int = 0
     model: str = "toy-wan"
     scheduler: str | None = None
@@ -335,6 +338,17 @@ class RenderSpec:
             raise SpecError("refine_steps", f"k={k} must be <= num_inference_steps ({steps})")
         guidance = info.default_guidance if self.guidance_scale is None else self.guidance_scale
         guidance = _check_number("guidance_scale", guidance, 0.0)
+        guidance_2 = self.guidance_scale_2
+        if info.guidance_boundary:  # two experts: the second's scale, the first's if not given
+            guidance_2 = _check_number(
+                "guidance_scale_2", guidance if guidance_2 is None else guidance_2, 0.0
+            )
+        elif guidance_2 is not None:
+            raise SpecError(
+                "guidance_scale_2",
+                f"model {info.name} has one denoiser (guidance_scale_2 is for Wan 2.2 A14B's second "
+                "expert); allowed: [None]",
+            )
         _check_int("seed", self.seed, 0, 2**63 - 1)
         if self.scheduler is not None:
             _check_choice("scheduler", self.scheduler, tuple(SCHEDULER_ALIASES))
@@ -381,6 +395,7 @@ class RenderSpec:
             num_inference_steps=steps,
             refine_steps=k,
             guidance_scale=guidance,
+            guidance_scale_2=guidance_2,
             fps=fps,
             image=image,
         )

@@ -320,7 +320,7 @@ def denoise_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, sessio
             torch.cat([model_in, model_in]), t.expand(2), torch.stack([neg, pos]), offset, image=image
         )
         uncond, cond = out.chunk(2)
-        noise_pred = guided(uncond, cond, plan.spec.guidance_scale)
+        noise_pred = guided(uncond, cond, plan.guidance(key.step))
     else:
         noise_pred = backend.predict(model_in, t.expand(1), pos[None], offset, image=image)
     new, new_state = region.step(noise_pred.float(), sample)
@@ -356,7 +356,7 @@ def _combined_step(store, plan: RenderPlan, key: TileKey, session: int, t0: floa
     )
     t_read = time.perf_counter() - t_read0
     t_step0 = time.perf_counter()
-    new, new_state = region.step(guided(uncond, cond, plan.spec.guidance_scale), sample)
+    new, new_state = region.step(guided(uncond, cond, plan.guidance(key.step)), sample)
     image = tile_image(store, plan, key, "cpu")
     new = image.freeze(new) if image is not None else new  # cells an image condition fixes
     check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype)
