@@ -373,14 +373,14 @@ def test_bad_images_are_one_line_errors_before_anything_is_written(tmp_path, mod
 # -- resume after a kill --------------------------------------------------------------------------
 @pytest.mark.slow
 def test_killed_i2v_render_resumes_bit_identical(tmp_path, models, picture):
-    spec = _tiled_spec(models["wan"], picture, height=192, width=192, num_inference_steps=12, refine_steps=10)
+    spec = _tiled_spec(models["wan"], picture, height=128, width=128, num_inference_steps=16, refine_steps=14)
     reference = tmp_path / "ref"
     with local_client(2) as c:
         sd.render(spec, output_dir=reference, client=c, progress=False)
     out = tmp_path / "r"
     args = [
-        "--prompt", spec.prompt, "--model", spec.model, "--image", spec.image, "--height", "192",
-        "--width", "192", "--num-frames", "9", "--num-inference-steps", "12", "--refine-steps", "10",
+        "--prompt", spec.prompt, "--model", spec.model, "--image", spec.image, "--height", "128",
+        "--width", "128", "--num-frames", "9", "--num-inference-steps", "16", "--refine-steps", "14",
         "--guidance-scale", "5.0", "--seed", "7",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
