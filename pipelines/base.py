@@ -73,6 +73,16 @@ class ModelInfo:
     # the residual cache's default tau (``supergen_dask.cache``); residual magnitudes differ
     # between families, so thresholds do not transfer
     cache_threshold: float = 0.2
+    # image-to-video (``supports_image``): the shape of ``encode_image``'s condition, known without
+    # weights so a render's store can hold it: ``image_channels`` latent-canvas channels (0: none),
+    # ``image_tokens`` x ``image_embed_dim`` global embeddings (0: none)
+    image_channels: int = 0
+    image_tokens: int = 0
+    image_embed_dim: int = 0
+    image_frozen: bool = False  # the condition replaces cells (``ImageCondition.frozen``)
+    # two-expert models (Wan 2.2 A14B): the timestep below which the second expert denoises and
+    # ``guidance_scale_2`` applies (diffusers' rule); 0: one expert, one guidance scale
+    guidance_boundary: float = 0.0
 
     def frames_ok(self, num_frames: int) -> bool:
         """Whether the VAE can take ``num_frames`` (causal video VAEs want 1 + k * factor) and the
@@ -118,10 +128,24 @@ class ImageCondition:
     first frame, CogVideoX's encoded first frame): a tile gets the crop of its own window, wrapped
     like its latents. ``embeds`` ``(B, L, D)`` are global (Wan 2.1's CLIP image tokens): every tile
     gets all of them. Either may be ``None``.
+
+    ``frozen``: the condition *replaces* latent cells instead of riding along (Wan 2.2 TI2V's
+    first frame): channel 0 of ``latents`` is 1 on the frozen cells, the other channels their
+    values. ``freeze`` applies it; the renderer applies it to every stepped tile, so the stored
+    latents are always the video the pipeline would decode.
     """
 
     latents: torch.Tensor | None = None
     embeds: torch.Tensor | None = None
+    frozen: bool = False
+
+    def freeze(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with the frozen cells set to the condition's values (``x`` itself if none)."""
+        if not self.frozen or self.latents is None:
+            return x
+        c = self.latents[:1].to(x.device, x.dtype)
+        keep = c[:, :1]
+        return keep * c[:, 1:] + (1 - keep) * x
 
     def crop(self, y0: int, x0: int, h: int, w: int) -> ImageCondition:
         """The condition of the tile whose window starts at ``(y0, x0)`` (wrapping the canvas)."""
@@ -130,13 +154,14 @@ class ImageCondition:
         H, W = self.latents.shape[-2:]
         ys = [(y0 + i) % H for i in range(h)]
         xs = [(x0 + i) % W for i in range(w)]
-        return ImageCondition(self.latents[..., ys, :][..., xs], self.embeds)
+        return ImageCondition(self.latents[..., ys, :][..., xs], self.embeds, self.frozen)
 
     def repeat(self, n: int) -> ImageCondition:
         """The same condition for a batch of ``n`` (e.g. both classifier-free guidance branches)."""
         return ImageCondition(
             None if self.latents is None else self.latents.expand(n, *self.latents.shape[1:]),
             None if self.embeds is None else self.embeds.expand(n, *self.embeds.shape[1:]),
+            self.frozen,
         )
 
 

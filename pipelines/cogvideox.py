@@ -22,7 +22,7 @@ What differs from Wan, and how the backend hides it from the renderer:
 - **Normalisation**: latents are the VAE's posterior mode times ``scaling_factor``.
 - **Image-to-video** (``CogVideoXImageToVideoPipeline``): ``encode_image`` gives the image's
   latent in the first latent frame and zeros elsewhere, concatenated to a tile's channels by
-  ``predict`` (plus 1.5's constant ``ofs``); the renderer does not pass it yet.
+  ``predict`` (plus 1.5's constant ``ofs``); the renderer hands each tile its crop (``--image``).
 - **Not supported**: ``use_dynamic_cfg`` (a guidance scale that changes every step) and
   CogVideoX-2B's absolute sincos position embeddings (refused at load).
 """
@@ -182,6 +182,7 @@ def _info(
         patch_spatial=int(transformer.get("patch_size", 2)),
         latent_channels=int(transformer.get("in_channels", 16)) // (2 if image else 1),
         supports_image=image,
+        image_channels=int(transformer.get("in_channels", 16)) // 2 if image else 0,
         scheduler_class=cls,
         scheduler_config={k: v for k, v in sched.items() if not k.startswith("_")},
         text_embed_dim=int(transformer.get("text_embed_dim", 4096)),
@@ -227,7 +228,7 @@ class CogVideoXBackend(LazyBackend):
             if image is None or image.latents is None:
                 raise ValueError(
                     f"{self.info.name} is an image-to-video model: predict needs the tile's image "
-                    "condition (the renderer does not pass one yet)"
+                    "condition (ImageCondition from encode_image)"
                 )
             x = torch.cat([x, image.latents.to(self.device, self.dtype)], dim=1)  # channels, as the pipeline
             if cfg.ofs_embed_dim:

@@ -181,7 +181,7 @@ class HunyuanVideoBackend(LazyBackend):
         self.embedded_guidance = embedded_guidance
 
     @torch.no_grad()
-    def predict(self, latents, timestep, embeds, offset=(0, 0)):
+    def predict(self, latents, timestep, embeds, offset=(0, 0), image=None):  # text-to-video: no image
         model = self.transformer
         p = model.config.patch_size
         text, mask, pooled = unpack_text(embeds, has_mask=True, pooled_dim=model.config.pooled_projection_dim)

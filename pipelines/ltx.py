@@ -16,6 +16,10 @@ What differs from Wan, and how the backend hides it from the renderer:
   ``mu`` for another frame count: here the native frame count's ``mu`` is used for every render.
 - **Normalisation**: ``(z - latents_mean) * scaling_factor / latents_std`` with the VAE's
   buffers; decoding uses the pipeline's default ``decode_timestep=0`` (no decode noise).
+- **Image-to-video** (``LTXImageToVideoPipeline``): the image's latent *is* the first latent frame,
+  at timestep 0, never stepped: ``encode_image`` gives a frozen condition
+  (``ImageCondition.frozen``), ``predict`` puts it into the tile and gives those tokens timestep 0,
+  and the renderer keeps the cells fixed after every step.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 
 from pipelines.base import (
     FamilyDefaults,
+    ImageCondition,
     LazyBackend,
     ModelInfo,
     directory_revision,
@@ -51,7 +56,7 @@ __all__ = [
 
 DEFAULTS = FamilyDefaults(
     family="ltx",
-    pipelines=("LTXPipeline",),
+    pipelines=("LTXPipeline", "LTXImageToVideoPipeline"),
     components=("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
     native_height=512,
     native_width=704,
@@ -160,9 +165,16 @@ def directory_info(path: str | Path) -> ModelInfo:
         sigma_spacing="linspace_to_1_over_n",
         mu=_mu(sched, seq) if sched.get("use_dynamic_shifting") else None,
     )
+    image = (
+        json.loads((root / "model_index.json").read_text()).get("_class_name") == "LTXImageToVideoPipeline"
+    )
+    channels = int(transformer.get("in_channels", 128))
     return ModelInfo(
         name=str(root),
         family="ltx",
+        supports_image=image,
+        image_channels=1 + channels if image else 0,  # the frozen first frame: mask, then values
+        image_frozen=image,
         spatial_factor=spatial,
         temporal_factor=temporal,
         patch_spatial=p,
@@ -181,11 +193,22 @@ class LTXBackend(LazyBackend):
     """LTX-Video text-to-video behind the renderer's protocol (see the module docstring)."""
 
     @torch.no_grad()
-    def predict(self, latents, timestep, embeds, offset=(0, 0)):
+    def predict(self, latents, timestep, embeds, offset=(0, 0), image=None):
         model = self.transformer
         p, p_t = model.config.patch_size, model.config.patch_size_t
         _, _, frames, h, w = latents.shape
         text, mask, _ = unpack_text(embeds, has_mask=True)
+        t = timestep.to(self.device)
+        if self.info.supports_image:
+            if image is None or image.latents is None:
+                raise ValueError(
+                    f"{self.info.name} is an image-to-video model: predict needs the tile's image "
+                    "condition (ImageCondition from encode_image)"
+                )
+            latents = image.freeze(latents.to(self.device))
+            # the pipeline's per-token timesteps: 0 on the image's (frozen) tokens
+            moving = 1 - image.latents[:, 0, ::p_t, ::p, ::p].to(t.device, t.dtype)
+            t = t.reshape(-1, 1) * moving.reshape(moving.shape[0], -1)
         scale = (
             self.info.temporal_factor / self.info.fps,
             self.info.spatial_factor,
@@ -194,7 +217,7 @@ class LTXBackend(LazyBackend):
         out = model(
             hidden_states=pack_latents(latents.to(self.device, self.dtype), p, p_t),
             encoder_hidden_states=text.to(self.device, self.dtype),
-            timestep=timestep.to(self.device),
+            timestep=t,
             encoder_attention_mask=mask.to(self.device),
             num_frames=frames // p_t,
             height=h // p,
@@ -203,6 +226,19 @@ class LTXBackend(LazyBackend):
             return_dict=False,
         )[0]
         return unpack_latents(out.float(), frames // p_t, h // p, w // p, p, p_t)
+
+    @torch.no_grad()
+    def encode_image(self, image: torch.Tensor, num_frames: int) -> ImageCondition:
+        """LTXImageToVideoPipeline's condition: the image alone, encoded and normalised, frozen into
+        the first latent frame (channel 0: 1 there; then the values)."""
+        if not self.info.supports_image:
+            return super().encode_image(image, num_frames)
+        z = self.vae_encode(image[:, :, None])
+        frames = self.info.latent_frames(num_frames)
+        keep = z.new_zeros(1, 1, frames, *z.shape[3:])
+        keep[:, :, 0] = 1
+        values = torch.cat([z, z.new_zeros(1, z.shape[1], frames - 1, *z.shape[3:])], dim=2)
+        return ImageCondition(torch.cat([keep, values], dim=1).float(), None, frozen=True)
 
     def _stats(self, like: torch.Tensor):
         vae = self.vae
@@ -273,9 +309,12 @@ def load_directory(
     return LTXBackend(info, {"transformer": transformer, "vae": vae, "text": text}, device, dtype)
 
 
-def save_tiny_pipeline(path: str | Path, seed: int = 0, native: tuple[int, int] = (128, 128)) -> Path:
+def save_tiny_pipeline(
+    path: str | Path, seed: int = 0, native: tuple[int, int] = (128, 128), image: bool = False
+) -> Path:
     """Save a tiny LTX-Video pipeline (transformer, VAE with the real 32x/8x factors, T5, word
-    tokenizer, the real scheduler settings) in diffusers layout, built in code."""
+    tokenizer, the real scheduler settings) in diffusers layout, built in code; ``image``: as an
+    ``LTXImageToVideoPipeline`` (the same components)."""
     from diffusers import (
         AutoencoderKLLTXVideo,
         FlowMatchEulerDiscreteScheduler,
@@ -297,6 +336,8 @@ def save_tiny_pipeline(path: str | Path, seed: int = 0, native: tuple[int, int] 
         # trained VAEs carry per-channel statistics: make them non-trivial so the tests see them
         vae.latents_mean.copy_(torch.randn(vae.latents_mean.shape) * 0.1)
         vae.latents_std.copy_(torch.rand(vae.latents_std.shape) + 0.5)
+    if image:
+        from diffusers import LTXImageToVideoPipeline as LTXPipeline  # noqa: N814
     pipe = LTXPipeline(
         tokenizer=tiny_word_tokenizer(),
         text_encoder=encoder,

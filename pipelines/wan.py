@@ -58,7 +58,7 @@ DEFAULTS = FamilyDefaults(
     default_refine_fraction=0.9,
     temporal_factor=4,
     text_tokens=512,
-    description="Wan 2.1/2.2 (WanTransformer3DModel + AutoencoderKLWan, UMT5); I2V through the backend only",
+    description="Wan 2.1/2.2 (WanTransformer3DModel + AutoencoderKLWan, UMT5); I2V with --image",
 )
 
 FLOW_UNIPC = {
@@ -149,7 +149,8 @@ def _wan_info(
         spatial_factor=int(vae.get("scale_factor_spatial") or 8),
         temporal_factor=int(vae.get("scale_factor_temporal") or 4),
         patch_spatial=int(patch[1]),
-        latent_channels=int(transformer.get("in_channels", 16)),
+        # I2V transformers take the image condition as extra input channels: the latents are out_channels
+        latent_channels=int(transformer.get("out_channels") or transformer.get("in_channels", 16)),
         scheduler_class=scheduler_class,
         scheduler_config=scheduler_config,
         text_embed_dim=int(transformer.get("text_dim", 4096)),
@@ -245,8 +246,28 @@ def directory_info(path: str | Path) -> ModelInfo:
         revision=directory_revision(root),
         supports_image=index.get("_class_name") == "WanImageToVideoPipeline",
     )
+    if info["supports_image"]:
+        info.update(_image_shape(root, index, transformer))
+    if index.get("boundary_ratio") is not None and (index.get("transformer_2") or [None])[0] is not None:
+        info["guidance_boundary"] = float(index["boundary_ratio"]) * sched.get("num_train_timesteps", 1000)
     cls = sched.pop("_class_name")
     return _wan_info(str(root), transformer, vae, cls, sched, **info)
+
+
+def _image_shape(root: Path, index: dict, transformer: dict) -> dict[str, Any]:
+    """The I2V condition's shape: its latent-canvas channels (the first-frame mask and encoded
+    frames, riding along the latents as the transformer's extra input channels) and, with a CLIP
+    image encoder (Wan 2.1), its penultimate hidden states: one token per patch plus the class
+    token."""
+    channels = int(transformer.get("in_channels", 16)) - int(transformer.get("out_channels") or 16)
+    out: dict[str, Any] = {"image_channels": channels}
+    if index.get("expand_timesteps"):  # Wan 2.2 TI2V: the first frame's cells are replaced
+        out = {"image_channels": 1 + int(transformer.get("out_channels") or 48), "image_frozen": True}
+    if (index.get("image_encoder") or [None])[0] is not None:
+        clip = read_json(root / "image_encoder" / "config.json")
+        side = int(clip.get("image_size", 224)) // int(clip.get("patch_size", 14))
+        out.update(image_tokens=side * side + 1, image_embed_dim=int(clip.get("hidden_size", 1280)))
+    return out
 
 
 class WanBackend(LazyBackend):
@@ -292,20 +313,21 @@ class WanBackend(LazyBackend):
             if image is None or image.latents is None:
                 raise ValueError(
                     f"{self.info.name} is an image-to-video model: predict needs the tile's image "
-                    "condition (the renderer does not pass one yet)"
+                    "condition (ImageCondition from encode_image)"
                 )
-            if self.expand_timesteps:
-                raise NotImplementedError(
-                    "Wan 2.2 TI2V image conditioning (first-frame replacement) is not built"
-                )
-            # Wan I2V: the mask and encoded first frame ride along as extra input channels
-            x = torch.cat([x, image.latents.to(self.device, self.dtype)], dim=1)
+            if image.frozen:  # Wan 2.2 TI2V: the first frame's cells are the image's, at t = 0
+                x = image.freeze(x)
+            else:  # Wan 2.1 I2V: the mask and encoded first frame ride along as input channels
+                x = torch.cat([x, image.latents.to(self.device, self.dtype)], dim=1)
             if image.embeds is not None:
                 image_embeds = image.embeds.to(self.device, self.dtype)
         if self.expand_timesteps:
             _, ph, pw = model.config.patch_size
             b, _, f, h, w = latents.shape
             t = t.reshape(b, 1).expand(b, f * (h // ph) * (w // pw))
+            if image is not None and image.frozen:  # the pipeline's per-token timesteps
+                moving = 1 - image.latents[:, 0, :, ::ph, ::pw].to(t.device, t.dtype)
+                t = t * moving.reshape(moving.shape[0], -1)
         out = model(
             hidden_states=x,
             timestep=t,
@@ -322,6 +344,8 @@ class WanBackend(LazyBackend):
         CLIP image encoder's penultimate hidden states when the model has one (Wan 2.1)."""
         if not self.info.supports_image:
             return super().encode_image(image, num_frames)
+        if self.expand_timesteps:
+            return self._frozen_first_frame(image, num_frames)
         vae = self.vae
         _, _, H, W = image.shape
         f = self.info.temporal_factor
@@ -339,6 +363,19 @@ class WanBackend(LazyBackend):
         if encoder is not None:
             embeds = encoder(image)
         return ImageCondition(torch.cat([mask, z], dim=1).float(), embeds)
+
+    def _frozen_first_frame(self, image: torch.Tensor, num_frames: int) -> ImageCondition:
+        """Wan 2.2 TI2V's condition: the image alone, encoded and normalised, frozen into the first
+        latent frame (channel 0: 1 there, 0 elsewhere; then the values)."""
+        with self._vae_lock:
+            z = self.vae.encode(image[:, :, None].to(self.device, torch.float32)).latent_dist.mode()
+        mean, std = self._latent_stats(z)
+        z = (z - mean) / std
+        frames = self.info.latent_frames(num_frames)
+        keep = z.new_zeros(1, 1, frames, *z.shape[3:])
+        keep[:, :, 0] = 1
+        values = torch.cat([z, z.new_zeros(1, z.shape[1], frames - 1, *z.shape[3:])], dim=2)
+        return ImageCondition(torch.cat([keep, values], dim=1).float(), None, frozen=True)
 
     def _latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.vae.config
@@ -567,20 +604,22 @@ def save_tiny_pipeline(
     ``variant``: ``"2.1"``; ``"2.2-a14b"`` (a second, low-noise expert ``transformer_2`` switched
     in below ``boundary_ratio`` 0.875, as Wan2.2-T2V-A14B); ``"2.2-ti2v"`` (Wan2.2-TI2V-5B's
     48-channel 16x VAE and per-token timesteps); ``"2.1-i2v"`` (WanImageToVideoPipeline: the
-    first-frame condition as 20 extra input channels, a CLIP vision encoder's image tokens).
+    first-frame condition as 20 extra input channels, a CLIP vision encoder's image tokens);
+    ``"2.2-ti2v-i2v"`` (TI2V-5B saved as WanImageToVideoPipeline: its first latent frame is the
+    image's, frozen).
     """
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
     from pipelines.text import TINY_WORDS, tiny_word_tokenizer
 
-    if variant not in ("2.1", "2.2-a14b", "2.2-ti2v", "2.1-i2v"):
+    if variant not in ("2.1", "2.2-a14b", "2.2-ti2v", "2.1-i2v", "2.2-ti2v-i2v"):
         raise ValueError(f"unknown tiny Wan variant {variant!r}")
     root = Path(path)
     words = TINY_WORDS
     tcfg = dict(TINY_TRANSFORMER_CONFIG)
     vcfg = TINY_VAE_CONFIG
-    if variant == "2.2-ti2v":
+    if variant.startswith("2.2-ti2v"):
         tcfg.update(in_channels=48, out_channels=48)
         vcfg = TINY_TI2V_VAE_CONFIG
     if variant == "2.1-i2v":  # the transformer of diffusers' I2V pipeline test
@@ -612,9 +651,13 @@ def save_tiny_pipeline(
     extra: dict[str, Any] = {}
     if variant == "2.2-a14b":
         extra = dict(transformer_2=transformer_2, boundary_ratio=0.875)
-    elif variant == "2.2-ti2v":
+    elif variant.startswith("2.2-ti2v"):
         extra = dict(expand_timesteps=True)
     pipeline_class = WanPipeline
+    if variant == "2.2-ti2v-i2v":
+        from diffusers import WanImageToVideoPipeline
+
+        pipeline_class = WanImageToVideoPipeline
     if variant == "2.1-i2v":
         from diffusers import WanImageToVideoPipeline
         from transformers import CLIPImageProcessor

@@ -26,6 +26,10 @@ class StageLayout:
     Retention: ``kept`` lists the steps whose latents stay once the render no longer needs them
     (``None``: every step); without ``keep_history`` a step's scheduler history and branch outputs
     go too. A step's chunks are freed (``freed``) only once no unfinished task can read them.
+
+    Image-to-video: ``image_channels`` > 0 stores an image-to-video condition on the canvas
+    (``image``, in the first step's grid like ``start``, read at any step's shifted window), and
+    ``image_tokens`` x ``image_embed_dim`` its global embeddings (``image_embeds``).
     """
 
     name: str
@@ -51,6 +55,9 @@ class StageLayout:
     cache_updates: int = 0
     kept: tuple[int, ...] | None = None
     keep_history: bool = True
+    image_channels: int = 0
+    image_tokens: int = 0
+    image_embed_dim: int = 0
 
     def __post_init__(self) -> None:
         if not (len(self.steps) == len(self.timesteps) == len(self.offsets)) or not self.steps:

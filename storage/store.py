@@ -122,6 +122,8 @@ def layout_nbytes(layout: RenderLayout) -> dict[str, int]:
         if st.cache:  # three canvases per step (freed with the history), and the threshold rankings
             out["state"] += CACHE_CANVASES * history * canvas * _isize(st.dtype)
             out["records"] += max(1, st.cache_updates) * tiles * 8
+        out["latents"] += st.frames * st.image_channels * st.canvas_h * st.canvas_w * 4
+        out["records"] += st.image_tokens * st.image_embed_dim * 4
         k = len(checked_arrays(st))
         out["records"] += n * tiles * (1 + 8 * len(STAT_FIELDS) + 8 * k) + tiles * 8 * len(start_arrays(st))
         out["records"] += n * 16
@@ -211,6 +213,13 @@ def create_render_store(
                 np.nan,
                 **big,
             )
+        if st.image_channels:  # image-to-video condition on the canvas, and its global embeddings
+            shape = (F, st.image_channels, H, W)
+            dims = ("frame", "image_channel", "y", "x")
+            arr(g, "image", shape, (F, st.image_channels, th, tw), "float32", dims, np.nan, **big)
+        if st.image_tokens:
+            shape = (st.image_tokens, st.image_embed_dim)
+            arr(g, "image_embeds", shape, shape, "float32", ("image_token", "image_embed"), np.nan)
         latents = arr(
             g,
             "latents",
@@ -463,6 +472,8 @@ class RenderStore:
         a[lead + middle + (ys, xs)] = data
         if not self._has_checksums or sub:  # guidance branch outputs are intermediate: unchecked
             return
+        if step is None and name not in start_arrays(st):  # the image condition: its task's marker
+            return
         crc = crc32(data)
         if step is None:  # a stage input: its task marker vouches for it, record now
             self.array(f"{stage}/start_checksums")[row, col, start_arrays(st).index(name)] = crc
@@ -476,8 +487,8 @@ class RenderStore:
     ) -> dict[tuple[int, int], int]:
         """Recorded CRC-32 of the chunks of tiles ``rows x cols`` (``-1``: nothing recorded)."""
         st = self.stage(stage)
-        if not self._has_checksums:
-            return {(r, c): NOT_RECORDED for r in rows for c in cols}
+        if not self._has_checksums or (step is None and name not in start_arrays(st)):
+            return {(r, c): NOT_RECORDED for r in rows for c in cols}  # the image condition: none
         if step is None:
             path, j, lead = f"{stage}/start_checksums", start_arrays(st).index(name), ()
         else:

@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--spec", help="a JSON or YAML spec file; command-line options override its fields")
     r.add_argument("--prompt", help="what to render (required here or in --spec)")
     r.add_argument("--negative-prompt", help='what to steer away from (default: "")')
+    r.add_argument("--image", help="first frame of an image-to-video model (an image file PIL reads)")
     r.add_argument(
         "--height", type=int, help=f"output height in pixels (default: 2x the model's native; {_d('height')})"
     )
@@ -103,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--guidance-scale",
         type=float,
         help=f"classifier-free guidance (default: the model's; {_d('guidance_scale')})",
+    )
+    r.add_argument(
+        "--guidance-scale-2",
+        type=float,
+        help="second expert's scale (Wan 2.2 A14B; default: --guidance-scale)",
     )
     r.add_argument("--seed", type=int, help="noise seed (default: 0)")
     r.add_argument(
@@ -252,12 +258,14 @@ def spec_from_args(args: argparse.Namespace):
     for name in (
         "prompt",
         "negative_prompt",
+        "image",
         "height",
         "width",
         "num_frames",
         "num_inference_steps",
         "refine_steps",
         "guidance_scale",
+        "guidance_scale_2",
         "seed",
         "model",
         "scheduler",

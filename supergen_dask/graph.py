@@ -25,7 +25,7 @@ from typing import Any
 from distributed import Client, Future, as_completed
 
 from storage import RenderExistsError, RenderStore, create_render_store, open_render
-from supergen_dask import config, retention, tasks
+from supergen_dask import conditioning, config, retention, tasks
 from supergen_dask.cache import scale_index
 from supergen_dask.geometry import TileKey
 from supergen_dask.plan import RenderPlan, plan_render
@@ -363,10 +363,22 @@ class _Graph:
         plan = self.plan
         self.warm()
         prompt = self.named_task("prompt", tasks.encode_prompt, priority=self.total_steps + 2)
+        # image-to-video: a stage's tiles wait for its image condition, which waits for the prompt
+        cond = {st.name: prompt for st in plan.stages}
+        if plan.spec.image is not None:
+            for st in plan.stages:
+                image = self.named_task(
+                    f"image_{st.name}",
+                    conditioning.encode_image,
+                    st.name,
+                    deps=[prompt],
+                    priority=self.total_steps + 2,
+                )
+                cond[st.name] = prompt if image is None else image
         rf = plan.refine
         if plan.sketch is not None:
             init = self.named_task("sketch_init", tasks.init_stage, "sketch", priority=self.total_steps + 1)
-            self.stage("sketch", init, prompt)
+            self.stage("sketch", init, cond["sketch"])
             self.free("sketch")
             last = [self.tiles.get(k) for k in plan.sketch.keys(plan.sketch.last)]
             priority = self.total_steps - rf.first + 1
@@ -395,7 +407,7 @@ class _Graph:
             }
         else:
             entry = self.named_task("refine_init", tasks.init_stage, "refine", priority=self.total_steps + 1)
-        self.stage("refine", entry, prompt)
+        self.stage("refine", entry, cond["refine"])
         self.free("refine")
         decodes = []
         for i, reg in enumerate(plan.decode_regions()):

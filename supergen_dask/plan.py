@@ -84,7 +84,9 @@ class StagePlan:
         keep_every: int = 1,
         keep_history: bool = True,
         cache: CachePolicy | None = None,
+        image: tuple[int, int, int] = (0, 0, 0),
     ) -> StageLayout:
+        """The stage's arrays; ``image`` is the image condition's (channels, tokens, embed dim)."""
         from supergen_dask.retention import kept_steps
 
         g = self.grid
@@ -109,6 +111,9 @@ class StagePlan:
             cache_updates=0 if cache is None else len(update_points(cache, len(self.steps))),
             kept=None if keep_every == 1 else kept_steps(self.steps, keep_every),
             keep_history=keep_history,
+            image_channels=image[0],
+            image_tokens=image[1],
+            image_embed_dim=image[2],
         )
 
     def to_dict(self) -> dict:
@@ -156,6 +161,8 @@ class RenderPlan:
     quality_frames: int = 33
     # the residual cache of the refinement stage (``supergen_dask.cache``), None when off
     cache: CachePolicy | None = None
+    # sha256 of the conditioning image's file (image-to-video), checked when the image is encoded
+    image_sha256: str = ""
 
     # -- derived ----------------------------------------------------------------------------------
     @property
@@ -170,6 +177,16 @@ class RenderPlan:
     def cfg(self) -> bool:
         """Classifier-free guidance runs (diffusers' rule: guidance_scale > 1)."""
         return self.spec.guidance_scale > 1.0
+
+    def guidance(self, step: int) -> float:
+        """The guidance scale of schedule step ``step``: ``guidance_scale_2`` below a two-expert
+        model's boundary timestep, ``guidance_scale`` otherwise (diffusers' rule)."""
+        s = self.spec
+        if not self.model.guidance_boundary or s.guidance_scale_2 is None:
+            return s.guidance_scale
+        st = next(st for st in self.stages if step in st.steps)
+        t = st.timesteps[st.steps.index(step)]
+        return s.guidance_scale if t >= self.model.guidance_boundary else s.guidance_scale_2
 
     @property
     def anchored(self) -> bool:
@@ -207,6 +224,8 @@ class RenderPlan:
     def tasks(self) -> tuple[str, ...]:
         """One-off tasks with a done marker, in graph order."""
         names = ["prompt"]
+        if self.spec.image is not None:
+            names += [f"image_{s.name}" for s in self.stages]
         names.append("sketch_init" if self.sketch is not None else "refine_init")
         if self.sketch is not None:
             names.append("upscale")
@@ -223,12 +242,15 @@ class RenderPlan:
         return () if self.cache is None else update_points(self.cache, len(self.refine.steps))
 
     def stage_layouts(self) -> tuple[StageLayout, ...]:
-        """Each stage's storage layout (dtype, state slots, retention)."""
+        """Each stage's storage layout (dtype, state slots, retention, cache, image condition)."""
         out = self.spec.output
+        m = self.model
+        image = (m.image_channels, m.image_tokens, m.image_embed_dim) if self.spec.image else (0, 0, 0)
         return tuple(
             s.layout(
                 self.state_slots,
                 out.store_dtype,
+                image=image,
                 anchor=self.anchored and s.name == "refine",
                 keep_every=1 if out.keep_every is None else out.keep_every,
                 keep_history=True if out.keep_history is None else out.keep_history,
@@ -327,6 +349,7 @@ class RenderPlan:
             "encode_segment_frames": self.encode_segment_frames,
             "quality_frames": self.quality_frames,
             "cache": None if self.cache is None else self.cache.to_dict(),
+            "image_sha256": self.image_sha256,
         }
 
     @classmethod
@@ -345,6 +368,7 @@ class RenderPlan:
             encode_segment_frames=d.get("encode_segment_frames", 10**6),
             quality_frames=d.get("quality_frames", 33),
             cache=CachePolicy.from_dict(d["cache"]) if d.get("cache") else None,
+            image_sha256=d.get("image_sha256", ""),
         )
 
 
@@ -438,11 +462,19 @@ def plan_render(spec: RenderSpec) -> RenderPlan:
         encode_segment_frames=int(config.get("encode.segment-frames")),
         quality_frames=quality_frames(spec.height, spec.width),
         cache=spec.cache.policy(k, info.cache_threshold) if spec.cache.enabled else None,
+        image_sha256=image_digest(spec.image),
     )
     from supergen_dask.estimate import check_limits
 
     check_limits(plan)
     return plan
+
+
+def image_digest(path: str | None) -> str:
+    """sha256 of an image-to-video render's image file ('' without one)."""
+    from supergen_dask.conditioning import file_digest
+
+    return "" if path is None else file_digest(path)
 
 
 def quality_frames(height: int, width: int) -> int:

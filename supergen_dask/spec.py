@@ -274,6 +274,8 @@ class OutputSettings:
 class RenderSpec:
     """One render request, with diffusers' argument names.
 
+    ``guidance_scale_2`` is the second expert's scale of a two-expert model (Wan 2.2 A14B, below
+    its boundary timestep); left open it is ``guidance_scale``, as in diffusers.
     ``refine_steps`` is SuperGen's k: the sketch is re-noised to step ``num_inference_steps - k``
     and refined with k tiled steps (k == num_inference_steps skips the sketch and refines pure
     noise); left open it is the model's ``default_refine_fraction`` of the schedule. Sizes are in
@@ -289,6 +291,7 @@ class RenderSpec:
     num_inference_steps: int | None = None
     refine_steps: int | None = None
     guidance_scale: float | None = None
+    guidance_scale_2: float | None = None
     seed: int = 0
     model: str = "toy-wan"
     scheduler: str | None = None
@@ -329,10 +332,14 @@ class RenderSpec:
 
     def token(self, revision: str = "") -> str:
         """Stable hash of the (resolved) spec and the model's weights revision: names the render
-        and its Dask keys, so the same request on the same weights resumes the same render."""
-        blob = json.dumps(
-            {"spec": self.to_dict(), "revision": revision}, sort_keys=True, separators=(",", ":")
-        )
+        and its Dask keys, so the same request on the same weights resumes the same render. The
+        conditioning image counts by its content (sha256 of the file), not by its path."""
+        spec = self.to_dict()
+        if self.image is not None:
+            from supergen_dask.conditioning import file_digest
+
+            spec["image"] = file_digest(self.image)
+        blob = json.dumps({"spec": spec, "revision": revision}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     # -- validation -----------------------------------------------------------------------------
@@ -384,6 +391,17 @@ class RenderSpec:
             raise SpecError("refine_steps", f"k={k} must be <= num_inference_steps ({steps})")
         guidance = info.default_guidance if self.guidance_scale is None else self.guidance_scale
         guidance = _check_number("guidance_scale", guidance, 0.0)
+        guidance_2 = self.guidance_scale_2
+        if info.guidance_boundary:  # two experts: the second's scale, the first's if not given
+            guidance_2 = _check_number(
+                "guidance_scale_2", guidance if guidance_2 is None else guidance_2, 0.0
+            )
+        elif guidance_2 is not None:
+            raise SpecError(
+                "guidance_scale_2",
+                f"model {info.name} has one denoiser (guidance_scale_2 is for Wan 2.2 A14B's second "
+                "expert); allowed: [None]",
+            )
         _check_int("seed", self.seed, 0, 2**63 - 1)
         if self.scheduler is not None:
             _check_choice("scheduler", self.scheduler, tuple(SCHEDULER_ALIASES))
@@ -399,11 +417,22 @@ class RenderSpec:
                     raise SpecError(
                         name, f"must be a multiple of {min_side} (VAE factor x patch), got {value}"
                     )
-        if self.image is not None:
+        image = self.image
+        if image is not None:
             if not info.supports_image:
                 raise SpecError(
                     "image", f"model {info.name} is text-to-video and takes no image; allowed: [None]"
                 )
+            from supergen_dask.conditioning import ImageFileError, check_image
+
+            try:
+                image = check_image(image)
+            except ImageFileError as exc:
+                raise SpecError("image", str(exc)) from None
+        elif info.supports_image:
+            raise SpecError(
+                "image", f"model {info.name} is image-to-video: give the first frame (--image PATH)"
+            )
         for sub in (self.shift, self.cache, self.anchor, self.output):
             if not hasattr(sub, "validate"):
                 raise SpecError("spec", f"bad settings object {sub!r}")
@@ -424,6 +453,8 @@ class RenderSpec:
             num_inference_steps=steps,
             refine_steps=k,
             guidance_scale=guidance,
+            guidance_scale_2=guidance_2,
             fps=fps,
             cache=cache,
+            image=image,
         )

@@ -18,6 +18,7 @@ import torch
 
 from supergen_dask import cache as region_cache
 from supergen_dask import worker_models
+from supergen_dask.conditioning import blank_condition, tile_image
 from supergen_dask.geometry import TileKey
 from supergen_dask.noise import position_noise, window_noise
 from supergen_dask.plan import RenderPlan, StagePlan
@@ -161,7 +162,12 @@ def warm_worker(plan: RenderPlan, url: str, instance: str, *deps) -> dict:
     g = st.grid
     x = torch.zeros(1, st.channels, st.latent_frames, g.tile_h, g.tile_w, device=backend.device)
     emb = torch.zeros(1, plan.model.text_tokens, plan.model.text_embed_dim, device=backend.device)
-    backend.predict(x, torch.full((1,), float(st.timesteps[0]), device=backend.device), emb)
+    image = (
+        blank_condition(plan.model, st.latent_frames, g.tile_h, g.tile_w, backend.device)
+        if plan.spec.image
+        else None
+    )
+    backend.predict(x, torch.full((1,), float(st.timesteps[0]), device=backend.device), emb, image=image)
     _sync(backend.device)
     return _receipt("warm", "warm", t0, gpu=worker_models.gpu_identity())
 
@@ -302,15 +308,20 @@ def _finish_tile(
     return stats["seconds"], {"worker": worker, "gpu": gpu, "finished": time.time(), **stats}
 
 
-def predict_guided(backend, plan: RenderPlan, model_in, t, embeds, offset) -> torch.Tensor:
-    """The guided prediction of one tile (pure: model in, prediction out). ``embeds`` is
-    ``(negative, positive)``; with guidance both run as one batch of two."""
+def predict_guided(
+    backend, plan: RenderPlan, model_in, t, embeds, offset, step: int, image=None
+) -> torch.Tensor:
+    """The guided prediction of one tile at schedule step ``step`` (pure: model in, prediction
+    out). ``embeds`` is ``(negative, positive)``; with guidance both run as one batch of two;
+    ``image`` is the tile's image condition (image-to-video), or None."""
     neg, pos = embeds
     if plan.cfg:
-        out = backend.predict(torch.cat([model_in, model_in]), t.expand(2), torch.stack([neg, pos]), offset)
+        out = backend.predict(
+            torch.cat([model_in, model_in]), t.expand(2), torch.stack([neg, pos]), offset, image=image
+        )
         uncond, cond = out.chunk(2)
-        return guided(uncond, cond, plan.spec.guidance_scale)
-    return backend.predict(model_in, t.expand(1), pos[None], offset)
+        return guided(uncond, cond, plan.guidance(step))
+    return backend.predict(model_in, t.expand(1), pos[None], offset, image=image)
 
 
 def denoise_tile(
@@ -339,12 +350,15 @@ def denoise_tile(
     t_read0 = time.perf_counter()
     sample, region = _tile_input(store, plan, key, device)
     embeds = worker_models.prompt_embeds(store, device)
+    image = tile_image(store, plan, key, device, batch=2 if plan.cfg else 1)
     t_read = time.perf_counter() - t_read0
 
     t_fwd0 = time.perf_counter()
     model_in = region.scale_model_input(sample)
-    noise_pred = predict_guided(backend, plan, model_in, region.timestep.to(device), embeds, st.origin(key))
+    t = region.timestep.to(device)
+    noise_pred = predict_guided(backend, plan, model_in, t, embeds, st.origin(key), key.step, image)
     new, new_state = region.step(noise_pred.float(), sample)
+    new = image.freeze(new) if image is not None else new  # cells an image condition fixes
     check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype, plan.spec.output.store_dtype)
     extra_chunks, cache_stats = {}, {}
     if cached:
@@ -451,6 +465,8 @@ def cache_step(
     t_step0 = time.perf_counter()
     noise_pred = region_cache.reuse(sample, x_computed, o_computed)
     new, new_state = region.step(noise_pred, sample)
+    image = tile_image(store, plan, key, "cpu")
+    new = image.freeze(new) if image is not None else new  # cells an image condition fixes
     check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype, plan.spec.output.store_dtype)
     stats = {"t0": t0, "started": started, "read_seconds": t_read}
     stats.update(forward_seconds=time.perf_counter() - t_step0, session=session, computed=0)
@@ -535,7 +551,9 @@ def _combined_step(store, plan: RenderPlan, key: TileKey, session: int, t0: floa
     )
     t_read = time.perf_counter() - t_read0
     t_step0 = time.perf_counter()
-    new, new_state = region.step(guided(uncond, cond, plan.spec.guidance_scale), sample)
+    new, new_state = region.step(guided(uncond, cond, plan.guidance(key.step)), sample)
+    image = tile_image(store, plan, key, "cpu")
+    new = image.freeze(new) if image is not None else new  # cells an image condition fixes
     check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype, plan.spec.output.store_dtype)
     stats = {"t0": t0, "started": started, "read_seconds": t_read}
     stats.update(forward_seconds=time.perf_counter() - t_step0, session=session, computed=1)
@@ -575,9 +593,11 @@ def predict_branch(
         if branch == 0:
             pending = (new, new_state, stats)
     embeds = worker_models.prompt_embeds(store, device)[branch]
+    image = tile_image(store, plan, key, device)
     t_fwd0 = time.perf_counter()
     model_in = region.scale_model_input(sample)
-    out = backend.predict(model_in, region.timestep.to(device).expand(1), embeds[None], st.origin(key))
+    t = region.timestep.to(device).expand(1)
+    out = backend.predict(model_in, t, embeds[None], st.origin(key), image=image)
     finished = {}
     if pending is not None:  # written while the GPU computes (kernels run asynchronously)
         _finish_tile(store, plan, prev, *pending)
