@@ -134,6 +134,8 @@ class RenderPlan:
     refine: StagePlan
     decode_margin: int
     upscale_margin: int = 8
+    # decode regions' cross-fade width in latent cells (None: the whole overlap, older plans)
+    decode_blend: int | None = None
     # settings that decide the output's bytes or record live in the plan, never read by a task
     # from the worker's configuration (a remote worker's differs from the driver's)
     encode_threads: int = 2
@@ -233,6 +235,7 @@ class RenderPlan:
                 valid_h=g.valid_h,
                 valid_w=g.valid_w,
                 regions=self.decode_regions(),
+                blend=self.decode_blend,
             ),
             embed_tokens=self.model.text_tokens,
             embed_dim=self.model.text_embed_dim,
@@ -270,6 +273,7 @@ class RenderPlan:
             "sketch": None if self.sketch is None else self.sketch.to_dict(),
             "refine": self.refine.to_dict(),
             "decode_margin": self.decode_margin,
+            "decode_blend": self.decode_blend,
             "upscale_margin": self.upscale_margin,
             "encode_threads": self.encode_threads,
             "encode_segment_frames": self.encode_segment_frames,
@@ -287,6 +291,7 @@ class RenderPlan:
             sketch=None if d["sketch"] is None else StagePlan.from_dict(d["sketch"]),
             refine=StagePlan.from_dict(d["refine"]),
             decode_margin=d["decode_margin"],
+            decode_blend=d.get("decode_blend"),
             upscale_margin=d.get("upscale_margin", 8),
             encode_threads=d.get("encode_threads", 2),
             encode_segment_frames=d.get("encode_segment_frames", 10**6),
@@ -379,6 +384,7 @@ def plan_render(spec: RenderSpec) -> RenderPlan:
         sketch=sketch,
         refine=refine,
         decode_margin=int(config.get("decode.margin")),
+        decode_blend=decode_blend(),
         upscale_margin=int(config.get("upscale.margin")),
         encode_threads=int(config.get("encode.threads")),
         encode_segment_frames=int(config.get("encode.segment-frames")),
@@ -388,6 +394,16 @@ def plan_render(spec: RenderSpec) -> RenderPlan:
 
     check_limits(plan)
     return plan
+
+
+def decode_blend() -> int | None:
+    """``decode.blend`` checked: a whole number of latent cells >= 1, or null (whole overlap)."""
+    value = config.get("decode.blend")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SpecError("decode.blend", f"must be a whole number of latent cells >= 1 or null, got {value!r}")
+    return value
 
 
 def quality_frames(height: int, width: int) -> int:
