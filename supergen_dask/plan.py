@@ -15,6 +15,7 @@ from pipelines.schedulers import resolve_scheduler
 from storage import DecodeLayout, DecodeRegion, RenderLayout, StageLayout, segment_ranges
 from supergen_dask import config
 from supergen_dask.geometry import ShiftSchedule, TileGrid, TileKey, round_up
+from supergen_dask.seam import SeamPlan, seam_plan
 from supergen_dask.spec import RenderSpec, SpecError
 from supergen_dask.stepping import SchedulerRef, check_tileable, state_slots
 
@@ -141,6 +142,8 @@ class RenderPlan:
     encode_threads: int = 2
     encode_segment_frames: int = 16
     quality_frames: int = 33
+    # the last refinement step again on a half-tile-shifted grid, blended in (supergen_dask.seam)
+    seam: SeamPlan | None = None
 
     # -- derived ----------------------------------------------------------------------------------
     @property
@@ -175,7 +178,15 @@ class RenderPlan:
         for s in self.stages:
             if s.name == name:
                 return s
+        if self.seam is not None and name == self.seam.name:
+            return self.seam
         raise KeyError(f"no stage {name!r} in this plan")
+
+    @property
+    def final(self) -> StagePlan | SeamPlan:
+        """Where the final latents are: the seam pass when there is one, else the refinement
+        (``.name``, ``.last`` and ``.covering`` of either)."""
+        return self.seam if self.seam is not None else self.refine
 
     @property
     def state_slots(self) -> dict[str, int]:
@@ -211,7 +222,8 @@ class RenderPlan:
         return decode_regions(g.valid_h, g.valid_w, g.tile_h, g.tile_w, self.decode_margin)
 
     def n_tile_tasks(self) -> int:
-        return sum(len(s.steps) * s.grid.n_tiles for s in self.stages)
+        seam = 0 if self.seam is None else self.seam.grid.n_tiles
+        return sum(len(s.steps) * s.grid.n_tiles for s in self.stages) + seam
 
     def estimate(self):
         """What this plan costs: tile tasks, store bytes, peak worker memory
@@ -228,7 +240,8 @@ class RenderPlan:
         return RenderLayout(
             stages=tuple(
                 s.layout(slots, dtype, anchor=self.anchored and s.name == "refine") for s in self.stages
-            ),
+            )
+            + (() if self.seam is None else (self.seam.layout(dtype),)),
             decode=DecodeLayout(
                 frames=self.pixel_frames,
                 scale=self.model.spatial_factor,
@@ -278,6 +291,7 @@ class RenderPlan:
             "encode_threads": self.encode_threads,
             "encode_segment_frames": self.encode_segment_frames,
             "quality_frames": self.quality_frames,
+            "seam": None if self.seam is None else self.seam.to_dict(),
         }
 
     @classmethod
@@ -296,6 +310,7 @@ class RenderPlan:
             encode_threads=d.get("encode_threads", 2),
             encode_segment_frames=d.get("encode_segment_frames", 10**6),
             quality_frames=d.get("quality_frames", 33),
+            seam=SeamPlan.from_dict(d["seam"]) if d.get("seam") else None,
         )
 
 
@@ -389,11 +404,17 @@ def plan_render(spec: RenderSpec) -> RenderPlan:
         encode_threads=int(config.get("encode.threads")),
         encode_segment_frames=int(config.get("encode.segment-frames")),
         quality_frames=quality_frames(spec.height, spec.width),
+        seam=_seam_plan(refine),
     )
     from supergen_dask.estimate import check_limits
 
     check_limits(plan)
     return plan
+
+
+def _seam_plan(refine: StagePlan) -> SeamPlan | None:
+    """``supergen_dask.seam.seam_plan`` with the ``seam.*`` settings."""
+    return seam_plan(refine, bool(config.get("seam.enabled")), float(config.get("seam.max-extra")))
 
 
 def decode_blend() -> int | None:
