@@ -46,7 +46,9 @@ def test_plan_has_a_seam_pass_when_it_costs_at_most_max_extra():
     plan = plan_render(tiny_spec(num_inference_steps=8, refine_steps=7))
     s, rf = plan.seam, plan.refine
     assert s is not None and s.step == rf.last and s.last_offset == rf.offset(rf.last)
-    assert s.offset == tuple((o + t // 2) % t for o, t in zip(rf.offset(rf.last), (rf.grid.tile_h, rf.grid.tile_w)))
+    assert s.offset == tuple(
+        (o + t // 2) % t for o, t in zip(rf.offset(rf.last), (rf.grid.tile_h, rf.grid.tile_w), strict=True)
+    )
     assert plan.final is s and plan.n_tile_tasks() == 8 * 1 + 7 * 4 + 4
     assert RenderPlan.from_dict(plan.to_dict()) == plan
     assert [st.name for st in plan.layout().stages] == ["sketch", "refine", "seam"]
