@@ -13,7 +13,9 @@ from supergen_dask import config
 from supergen_dask.decode_check import compare_decodes
 from supergen_dask.plan import decode_regions
 
-TINY = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True])
+TINY = dict(
+    base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True]
+)
 
 
 @pytest.fixture(scope="module")
