@@ -139,6 +139,9 @@ class DecodeLayout:
     valid_w: int
     regions: tuple[DecodeRegion, ...]
     frames_per_chunk: int = 16
+    # cross-fade width in latent cells, centred on each core boundary (``storage.blend``); None:
+    # the whole overlap (stores written before the setting existed)
+    blend: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> DecodeLayout:

@@ -28,6 +28,7 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
+from storage.blend import blend_regions
 from storage.checksums import NOT_RECORDED, ChunkCorruptError, crc32
 from storage.layout import DecodeRegion, RenderLayout, StageLayout
 
@@ -810,24 +811,21 @@ class RenderStore:
         """Blend the decoded regions into whole frames ``(F, H, W, 3)`` uint8 (valid area only)."""
         d = self.layout.decode
         index = np.arange(d.frames)[frames if frames is not None else slice(None)]
-        H, W = d.valid_h * d.scale, d.valid_w * d.scale
-        acc = np.zeros((len(index), H, W, 3), dtype=np.float32)
-        wsum = np.zeros((H, W), dtype=np.float32)
-        for reg in d.regions:
-            wy, wx = _blend_weights(reg, d)
-            y0, x0, wh, ww = (v * d.scale for v in reg.window)
-            weight = wy[:, None] * wx[None, :]
-            if len(index) and np.array_equal(index, np.arange(index[0], index[-1] + 1)):
-                pix = self.read_region_pixels(reg, slice(int(index[0]), int(index[-1]) + 1))
-            else:
-                pix = self.array(f"decoded/{reg.name}").get_orthogonal_selection(
-                    (index, slice(None), slice(None), slice(None))
-                )
-            acc[:, y0 : y0 + wh, x0 : x0 + ww] += pix.astype(np.float32) * weight[None, :, :, None]
-            wsum[y0 : y0 + wh, x0 : x0 + ww] += weight
-        if np.any(wsum <= 0):
-            raise RuntimeError("decoded regions do not cover the frame")
-        return np.clip(np.rint(acc / wsum[None, :, :, None]), 0, 255).astype(np.uint8)
+
+        def pieces():
+            for reg in d.regions:
+                if len(index) and np.array_equal(index, np.arange(index[0], index[-1] + 1)):
+                    yield reg, self.read_region_pixels(reg, slice(int(index[0]), int(index[-1]) + 1))
+                else:
+                    yield reg, self.array(f"decoded/{reg.name}").get_orthogonal_selection(
+                        (index, slice(None), slice(None), slice(None))
+                    )
+
+        try:
+            out = blend_regions(pieces(), d.scale, d.valid_h, d.valid_w, d.blend)
+        except ValueError as exc:
+            raise RuntimeError(str(exc)) from None
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
     def iter_decoded(self, chunk: int | None = None) -> Iterator[np.ndarray]:
         """Yield decoded frames one at a time, reading ``chunk`` frames per pass (default: the
@@ -836,29 +834,3 @@ class RenderStore:
         chunk = chunk or self.layout.decode.frames_per_chunk
         for s in range(0, total, chunk):
             yield from self.decoded_frames(slice(s, min(total, s + chunk)))
-
-
-def _blend_weights(reg: DecodeRegion, d) -> tuple[np.ndarray, np.ndarray]:
-    """Linear cross-fade weights over the overlap of neighbouring windows (pixel units).
-
-    Inside the region's core the weight is 1; it falls to 0 at the window edge that faces a
-    neighbour, centred on the core boundary, so the weights of two neighbours sum to 1 there.
-    """
-
-    def axis(core0, core_n, win0, win_n, valid):
-        s = d.scale
-        pos = np.arange(win0 * s, (win0 + win_n) * s, dtype=np.float32) + 0.5
-        w = np.ones_like(pos)
-        lo_margin = (core0 - win0) * s
-        hi_margin = (win0 + win_n - core0 - core_n) * s
-        if core0 > 0 and lo_margin > 0:  # a neighbour above/left: ramp over [core0 - m, core0 + m)
-            edge = core0 * s
-            w = np.minimum(w, np.clip((pos - (edge - lo_margin)) / (2 * lo_margin), 0, 1))
-        if core0 + core_n < valid and hi_margin > 0:
-            edge = (core0 + core_n) * s
-            w = np.minimum(w, np.clip(((edge + hi_margin) - pos) / (2 * hi_margin), 0, 1))
-        return w
-
-    cy, cx, ch, cw = reg.core
-    wy0, wx0, wh, ww = reg.window
-    return axis(cy, ch, wy0, wh, d.valid_h), axis(cx, cw, wx0, ww, d.valid_w)

@@ -125,6 +125,10 @@ def _store_parts(plan: RenderPlan) -> dict[str, int]:
             2 if anchor else 1
         )
         parts["records"] += n * 16
+    if plan.seam is not None:  # one step, its start array unused, latents checksummed only
+        g = plan.seam.grid
+        parts["latents"] += plan.seam.latent_frames * plan.seam.channels * g.canvas_h * g.canvas_w * dtype * 2
+        parts["records"] += g.n_tiles * (1 + 8 * len(STAT_FIELDS) + 8) + g.n_tiles * 8 + 16
     g, f, m = plan.refine.grid, plan.model.spatial_factor, plan.decode_margin
     ys, xs = _axis_windows(g.valid_h, g.tile_h, m), _axis_windows(g.valid_w, g.tile_w, m)
     frames, fpc = plan.pixel_frames, 16

@@ -342,6 +342,28 @@ class _Graph:
                 priority=priority,
             )
 
+    def seam_pass(self, prompt: Future | None) -> None:
+        """Submit the seam pass's unfinished windows, each after the tiles of the last two
+        refinement steps under it (``tasks.seam_tile``)."""
+        seam, rf = self.plan.seam, self.plan.refine
+        done = self.store.done_mask(seam.name)
+        g = seam.grid
+        for key in seam.keys():
+            if done[0, key.row, key.col]:
+                continue
+            y0, x0 = seam.origin(key)
+            reads = rf.covering(rf.last, y0, x0, g.tile_h, g.tile_w)
+            if seam.step != rf.first:  # the last step's input and history
+                reads += rf.covering(seam.step - 1, y0, x0, g.tile_h, g.tile_w)
+            self.tiles[key] = self._submit(
+                tasks.seam_tile,
+                key,
+                self.session,
+                key=key.task_key(self.run, "seam"),
+                deps=[self.tiles.get(k) for k in reads] + [prompt],
+                priority=self.total_steps - seam.step,
+            )
+
     def warm(self) -> None:
         """Load the denoiser on every worker first thing, so no GPU waits for it in stage 2."""
         if all(self.store.done_mask(st.name).all() for st in self.plan.stages):
@@ -408,11 +430,14 @@ class _Graph:
         else:
             entry = self.named_task("refine_init", tasks.init_stage, "refine", priority=self.total_steps + 1)
         self.stage("refine", entry, cond["refine"])
+        if plan.seam is not None:
+            self.seam_pass(cond["refine"])
         self.free("refine")
         decodes = []
+        final = plan.final
         for i, reg in enumerate(plan.decode_regions()):
             wy, wx, wh, ww = reg.window
-            deps = [self.tiles.get(k) for k in rf.covering(rf.last, wy, wx, wh, ww)]
+            deps = [self.tiles.get(k) for k in final.covering(final.last, wy, wx, wh, ww)]
             decodes.append(
                 self.named_task(f"decode_{reg.row}_{reg.col}", tasks.decode_region, i, deps=deps, home=i)
             )

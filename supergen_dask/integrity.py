@@ -109,14 +109,29 @@ def _needed(plan: RenderPlan, store: RenderStore, video_exists: bool) -> set[tup
             ("tile", "sketch", sk.last, k.row, k.col) for k in sk.keys(sk.last) if done[-1, k.row, k.col]
         }
     rf = plan.refine
-    done = store.done_mask("refine")
+    if plan.seam is not None:  # the seam pass reads the last two refinement steps
+        seam, rdone = plan.seam, store.done_mask("refine")
+        g = seam.grid
+        for key in seam.keys():
+            if store.is_done(seam.name, seam.step, key.row, key.col):
+                continue
+            y0, x0 = seam.origin(key)
+            steps = [s for s in (seam.step - 1, seam.step) if s >= rf.first]
+            needed |= {
+                ("tile", "refine", s, k.row, k.col)
+                for s in steps
+                for k in rf.covering(s, y0, x0, g.tile_h, g.tile_w)
+                if rdone[rf.steps.index(s), k.row, k.col]
+            }
+    final = plan.final
+    done = store.done_mask(final.name)
     outputs_pending = not (tasks.get("encode") and video_exists) or "quality" not in store.attrs
     for index, reg in enumerate(plan.decode_regions()):
         if not tasks.get(f"decode_{reg.row}_{reg.col}"):
             wy, wx, wh, ww = reg.window
             needed |= {
-                ("tile", "refine", k.step, k.row, k.col)
-                for k in rf.covering(rf.last, wy, wx, wh, ww)
+                ("tile", final.name, k.step, k.row, k.col)
+                for k in final.covering(final.last, wy, wx, wh, ww)
                 if done[-1, k.row, k.col]
             }
         elif outputs_pending:
@@ -252,7 +267,7 @@ def verify_store(store: RenderStore, plan: RenderPlan | None = None) -> VerifyRe
             if chunk not in report.damaged:
                 report.damaged.append(chunk)
 
-    for st in plan.stages:
+    for st in (*plan.stages, *(() if plan.seam is None else (plan.seam,))):
         layout = store.stage(st.name)
         done = store.done_mask(st.name)
         sums = store.array(f"{st.name}/checksums")

@@ -16,6 +16,7 @@ from storage import DecodeLayout, DecodeRegion, RenderLayout, StageLayout, segme
 from supergen_dask import config
 from supergen_dask.cache import CachePolicy, update_points
 from supergen_dask.geometry import ShiftSchedule, TileGrid, TileKey, round_up
+from supergen_dask.seam import SeamPlan, seam_plan
 from supergen_dask.spec import RenderSpec, SpecError
 from supergen_dask.stepping import SchedulerRef, check_tileable, state_slots
 
@@ -154,6 +155,8 @@ class RenderPlan:
     refine: StagePlan
     decode_margin: int
     upscale_margin: int = 8
+    # decode regions' cross-fade width in latent cells (None: the whole overlap, older plans)
+    decode_blend: int | None = None
     # settings that decide the output's bytes or record live in the plan, never read by a task
     # from the worker's configuration (a remote worker's differs from the driver's)
     encode_threads: int = 2
@@ -163,6 +166,8 @@ class RenderPlan:
     cache: CachePolicy | None = None
     # sha256 of the conditioning image's file (image-to-video), checked when the image is encoded
     image_sha256: str = ""
+    # the last refinement step again on a half-tile-shifted grid, blended in (supergen_dask.seam)
+    seam: SeamPlan | None = None
 
     # -- derived ----------------------------------------------------------------------------------
     @property
@@ -207,7 +212,15 @@ class RenderPlan:
         for s in self.stages:
             if s.name == name:
                 return s
+        if self.seam is not None and name == self.seam.name:
+            return self.seam
         raise KeyError(f"no stage {name!r} in this plan")
+
+    @property
+    def final(self) -> StagePlan | SeamPlan:
+        """Where the final latents are: the seam pass when there is one, else the refinement
+        (``.name``, ``.last`` and ``.covering`` of either)."""
+        return self.seam if self.seam is not None else self.refine
 
     @property
     def state_slots(self) -> dict[str, int]:
@@ -263,8 +276,17 @@ class RenderPlan:
         """One task per step whose chunks retention frees (``supergen_dask.retention``)."""
         from supergen_dask.retention import free_task
 
+        # the seam pass re-runs the last refinement step from the step before it: that one stays
+        spared = (
+            {("refine", self.refine.steps[-2])}
+            if self.seam is not None and len(self.refine.steps) > 1
+            else set()
+        )
         return [
-            free_task(lay.name, step) for lay in self.stage_layouts() for step in lay.steps if lay.freed(step)
+            free_task(lay.name, step)
+            for lay in self.stage_layouts()
+            for step in lay.steps
+            if lay.freed(step) and (lay.name, step) not in spared
         ]
 
     def encode_segments(self) -> list[tuple[int, int]]:
@@ -277,7 +299,8 @@ class RenderPlan:
         return decode_regions(g.valid_h, g.valid_w, g.tile_h, g.tile_w, self.decode_margin)
 
     def n_tile_tasks(self) -> int:
-        return sum(len(s.steps) * s.grid.n_tiles for s in self.stages)
+        seam = 0 if self.seam is None else self.seam.grid.n_tiles
+        return sum(len(s.steps) * s.grid.n_tiles for s in self.stages) + seam
 
     def estimate(self):
         """What this plan costs: tile tasks, store bytes, peak worker memory
@@ -290,13 +313,15 @@ class RenderPlan:
         g = self.refine.grid
         sp = self.sketch_pixel_size
         return RenderLayout(
-            stages=self.stage_layouts(),
+            stages=self.stage_layouts()
+            + (() if self.seam is None else (self.seam.layout(self.spec.output.store_dtype),)),
             decode=DecodeLayout(
                 frames=self.pixel_frames,
                 scale=self.model.spatial_factor,
                 valid_h=g.valid_h,
                 valid_w=g.valid_w,
                 regions=self.decode_regions(),
+                blend=self.decode_blend,
             ),
             embed_tokens=self.model.text_tokens,
             embed_dim=self.model.text_embed_dim,
@@ -344,12 +369,14 @@ class RenderPlan:
             "sketch": None if self.sketch is None else self.sketch.to_dict(),
             "refine": self.refine.to_dict(),
             "decode_margin": self.decode_margin,
+            "decode_blend": self.decode_blend,
             "upscale_margin": self.upscale_margin,
             "encode_threads": self.encode_threads,
             "encode_segment_frames": self.encode_segment_frames,
             "quality_frames": self.quality_frames,
             "cache": None if self.cache is None else self.cache.to_dict(),
             "image_sha256": self.image_sha256,
+            "seam": None if self.seam is None else self.seam.to_dict(),
         }
 
     @classmethod
@@ -363,12 +390,14 @@ class RenderPlan:
             sketch=None if d["sketch"] is None else StagePlan.from_dict(d["sketch"]),
             refine=StagePlan.from_dict(d["refine"]),
             decode_margin=d["decode_margin"],
+            decode_blend=d.get("decode_blend"),
             upscale_margin=d.get("upscale_margin", 8),
             encode_threads=d.get("encode_threads", 2),
             encode_segment_frames=d.get("encode_segment_frames", 10**6),
             quality_frames=d.get("quality_frames", 33),
             cache=CachePolicy.from_dict(d["cache"]) if d.get("cache") else None,
             image_sha256=d.get("image_sha256", ""),
+            seam=SeamPlan.from_dict(d["seam"]) if d.get("seam") else None,
         )
 
 
@@ -457,12 +486,14 @@ def plan_render(spec: RenderSpec) -> RenderPlan:
         sketch=sketch,
         refine=refine,
         decode_margin=int(config.get("decode.margin")),
+        decode_blend=decode_blend(),
         upscale_margin=int(config.get("upscale.margin")),
         encode_threads=int(config.get("encode.threads")),
         encode_segment_frames=int(config.get("encode.segment-frames")),
         quality_frames=quality_frames(spec.height, spec.width),
         cache=spec.cache.policy(k, info.cache_threshold) if spec.cache.enabled else None,
         image_sha256=image_digest(spec.image),
+        seam=_seam_plan(refine) if spec.image is None else None,  # the pass has no image condition
     )
     from supergen_dask.estimate import check_limits
 
@@ -475,6 +506,21 @@ def image_digest(path: str | None) -> str:
     from supergen_dask.conditioning import file_digest
 
     return "" if path is None else file_digest(path)
+
+
+def _seam_plan(refine: StagePlan) -> SeamPlan | None:
+    """``supergen_dask.seam.seam_plan`` with the ``seam.*`` settings."""
+    return seam_plan(refine, bool(config.get("seam.enabled")), float(config.get("seam.max-extra")))
+
+
+def decode_blend() -> int | None:
+    """``decode.blend`` checked: a whole number of latent cells >= 1, or null (whole overlap)."""
+    value = config.get("decode.blend")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SpecError("decode.blend", f"must be a whole number of latent cells >= 1 or null, got {value!r}")
+    return value
 
 
 def quality_frames(height: int, width: int) -> int:

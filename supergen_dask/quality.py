@@ -19,7 +19,14 @@ from supergen_dask.metrics import (
 )
 from supergen_dask.plan import RenderPlan
 
-__all__ = ["prompted_colour", "counted_colour", "step_grid_lines", "upscaled_sketch", "render_quality"]
+__all__ = [
+    "prompted_colour",
+    "counted_colour",
+    "step_grid_lines",
+    "seam_pass_grid_lines",
+    "upscaled_sketch",
+    "render_quality",
+]
 
 
 def prompted_colour(prompt: str) -> tuple[int, int, int] | None:
@@ -44,6 +51,18 @@ def step_grid_lines(plan: RenderPlan, step: int) -> tuple[np.ndarray, np.ndarray
     oy, ox = st.offset(step)
     rows = grid_lines(oy, g.tile_h, g.canvas_h, f)
     cols = grid_lines(ox, g.tile_w, g.canvas_w, f)
+    return rows[rows < g.valid_h * f], cols[cols < g.valid_w * f]
+
+
+def seam_pass_grid_lines(plan: RenderPlan) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel rows and columns of the seam pass's window borders inside the output (none without
+    a seam pass)."""
+    if plan.seam is None:
+        return np.zeros(0), np.zeros(0)
+    g, f = plan.seam.grid, plan.model.spatial_factor
+    oy, ox = plan.seam.offset
+    rows = grid_lines(oy, g.tile_h, g.canvas_h, f) if g.rows > 1 else np.zeros(0)
+    cols = grid_lines(ox, g.tile_w, g.canvas_w, f) if g.cols > 1 else np.zeros(0)
     return rows[rows < g.valid_h * f], cols[cols < g.valid_w * f]
 
 
@@ -79,12 +98,18 @@ def render_quality(plan: RenderPlan, store, frames: np.ndarray | None = None) ->
     mask = object_mask(frames, colour) if colour is not None else None
     grids = [step_grid_lines(plan, step) for step in plan.refine.steps]
     grids = [(rows, cols) for rows, cols in grids if len(rows) or len(cols)]
-    scores = [s for s in seam_scores(frames, grids, exclude_mask=mask) if np.isfinite(s)]
+    extra = seam_pass_grid_lines(plan)
+    has_pass = bool(len(extra[0]) or len(extra[1]))
+    scores = seam_scores(frames, grids + ([extra] if has_pass else []), exclude_mask=mask)
+    pass_score = scores.pop() if has_pass else None
+    scores = [s for s in scores if np.isfinite(s)]
     out: dict[str, Any] = {
         "frames": int(frames.shape[0]),
         "seam_score_last": scores[-1] if scores else None,
         "seam_score_mean": float(np.mean(scores)) if scores else None,
         "seam_score_max": float(np.max(scores)) if scores else None,
+        # the seam pass's own window borders (it must not leave new seams where it cuts)
+        "seam_score_pass": float(pass_score) if pass_score is not None and np.isfinite(pass_score) else None,
         "temporal_flicker": temporal_flicker(frames, exclude_mask=mask),
     }
     if plan.sketch is not None:

@@ -37,6 +37,7 @@ __all__ = [
     "upscale_sketch",
     "encode_start",
     "decode_region",
+    "seam_tile",
     "encode_segment",
     "encode_output",
     "measure_quality",
@@ -228,12 +229,13 @@ def encode_start(plan: RenderPlan, url: str, instance: str, row: int, col: int, 
 
 
 # -- the tile tasks -------------------------------------------------------------------------------
-def _tile_input(store, plan: RenderPlan, key: TileKey, device, with_state: bool = True):
+def _tile_input(store, plan: RenderPlan, key: TileKey, device, with_state: bool = True, origin=None):
     """The sample a tile step starts from (anchored if the plan says so) and the scheduler as it
-    stands before the step, with the region's history loaded when ``with_state``."""
+    stands before the step, with the region's history loaded when ``with_state``; ``origin`` reads
+    another window than the key's own (the seam pass)."""
     st = plan.stage(key.stage)
     g = st.grid
-    y0, x0 = st.origin(key)
+    y0, x0 = st.origin(key) if origin is None else origin
     first = key.step == st.first
     prev = None if first else key.step - 1
     own = (key.row, key.col)  # the one chunk of each array this task checks (store.read_region)
@@ -629,6 +631,47 @@ def combine_branches(plan: RenderPlan, url: str, instance: str, key: TileKey, se
     return {"task": "denoise", "name": name, **extra, "seconds": seconds}
 
 
+def seam_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, session: int, *deps) -> dict:
+    """One window of the seam pass (``supergen_dask.seam``): the last refinement step again, from
+    its own input and scheduler history, on this window of the half-tile-shifted grid, blended
+    with the step's result and written as the window's chunk of the final latents."""
+    t0, started = time.perf_counter(), time.time()
+    store = _store(url, instance)
+    name = f"{key.stage}/{key.step}/{key.row}/{key.col}"
+    if store.is_done(key.stage, key.step, key.row, key.col):
+        return _receipt("seam", name, t0, skipped=True)
+    seam, rf = plan.seam, plan.refine
+    g = seam.grid
+    backend = worker_models.get_backend(plan.spec.model, plan.spec.dtype)
+    backend.load_transformer()
+    device = backend.device
+    y0, x0 = seam.origin(key)
+    t_read0 = time.perf_counter()
+    rkey = TileKey("refine", rf.last, key.row, key.col)
+    sample, region = _tile_input(store, plan, rkey, device, origin=(y0, x0))
+    last = _to_model(store.read_region("refine", "latents", rf.last, y0, x0, g.tile_h, g.tile_w), device)
+    neg, pos = worker_models.prompt_embeds(store, device)
+    t_read = time.perf_counter() - t_read0
+    t_fwd0 = time.perf_counter()
+    model_in = region.scale_model_input(sample)
+    t = region.timestep.to(device)
+    if plan.cfg:
+        out = backend.predict(torch.cat([model_in, model_in]), t.expand(2), torch.stack([neg, pos]), (y0, x0))
+        uncond, cond = out.chunk(2)
+        noise_pred = guided(uncond, cond, plan.spec.guidance_scale)
+    else:
+        noise_pred = backend.predict(model_in, t.expand(1), pos[None], (y0, x0))
+    new, _ = region.step(noise_pred.float(), sample)
+    check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype)
+    w = torch.from_numpy(seam.weight(key)).to(device)
+    blended = w * new + (1 - w) * last.to(new.dtype)
+    _sync(device)
+    stats = {"t0": t0, "started": started, "read_seconds": t_read}
+    stats.update(forward_seconds=time.perf_counter() - t_fwd0, session=session, computed=1)
+    seconds, extra = _finish_tile(store, plan, key, blended, {}, stats)
+    return {"task": "seam", "name": name, **extra, "seconds": seconds}
+
+
 # -- output ---------------------------------------------------------------------------------------
 def decode_region(plan: RenderPlan, url: str, instance: str, index: int, *deps) -> dict:
     """VAE-decode one region of the final latents (with its context margin) to uint8 pixels."""
@@ -640,7 +683,8 @@ def decode_region(plan: RenderPlan, url: str, instance: str, index: int, *deps) 
         return _receipt("decode", task, t0, skipped=True)
     backend = worker_models.get_backend(plan.spec.model, plan.spec.dtype)
     wy, wx, wh, ww = reg.window
-    z = _to_model(store.read_region("refine", "latents", plan.refine.last, wy, wx, wh, ww), backend.device)
+    final = plan.final
+    z = _to_model(store.read_region(final.name, "latents", final.last, wy, wx, wh, ww), backend.device)
     store.write_region_pixels(reg, _to_uint8(backend.vae_decode(z)))
     store.mark_task_done(task)
     return _receipt("decode", task, t0)

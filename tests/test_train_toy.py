@@ -73,3 +73,32 @@ def test_smoke_run_writes_a_loadable_toy_and_a_report(tmp_path):
     backend = load_backend(str(out / "toy"), device="cpu", dtype=torch.float32)
     assert backend.info.default_steps == sweep["chosen"]["steps"]
     assert (out / "native_samples.png").stat().st_size > 0
+
+
+def test_v2_data_shows_the_default_background_when_the_prompt_names_none():
+    train = _script()
+    from pipelines.toy import BG_COLOURS, DEFAULT_BACKGROUND
+
+    clips, prompts = train.draw_batch(np.random.default_rng(0), 24, "cpu", drop=0.0, v2=True)
+    dark = np.array(BG_COLOURS[DEFAULT_BACKGROUND[0]]) * 1.3  # the gradient's brightest
+    named = [" background" in p for p in prompts]
+    assert any(named) and not all(named)
+    for clip, has_bg in zip(clips.numpy(), named, strict=True):
+        corner_max = clip[:, :2, :2].max()  # the object never covers every frame's corner
+        if not has_bg:
+            assert corner_max <= dark.max() + 1
+    v1, _ = train.draw_batch(np.random.default_rng(0), 24, "cpu", drop=0.0)
+    assert not np.array_equal(v1.numpy(), clips.numpy())
+
+
+def test_v2_smoke_run_reports_the_scene_checks(tmp_path):
+    train = _script()
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--tiny", "--v2", "--max-steps", "2", "--batch", "4", "--data", "device"]
+    args += ["--eval-prompts", "2", "--holdout-prompts", "2", "--eval-steps", "2", "--eval-guidance", "4"]
+    assert train.main(args) == 0
+    holdout = json.loads((out / "train_report.json").read_text())["sampling_sweep"]["holdout"]
+    assert holdout["n"] == 3  # two held-out grammar prompts and the short form of one
+    assert set(holdout["checks"]) == {"one_every_frame", "colour", "shape", "direction", "all", "n"}
+    assert any(" background" not in s["prompt"] for s in holdout["samples"])
+    assert all(isinstance(s["one_every_frame"], bool) for s in holdout["samples"])

@@ -41,6 +41,7 @@ __all__ = [
     "BG_GAIN_RANGE",
     "TRAVEL",
     "PROMPT_TEMPLATE",
+    "DEFAULT_BACKGROUND",
     "PROMPT_GRAMMAR",
     "Scene",
     "parse_prompt",
@@ -90,6 +91,10 @@ BG_GAIN_RANGE: tuple[float, float] = (0.6, 1.25)
 
 TRAVEL: float = 0.4
 """Distance the object travels over a clip, as a fraction of the frame extent along its motion."""
+
+DEFAULT_BACKGROUND: tuple[str, str] = ("black", "gradient")
+"""Background of a scene whose prompt names none (toy v2's data): the darkest, plainest one, which
+every object colour stands out from."""
 
 PROMPT_TEMPLATE = "a {size} {colour} {shape} moving {direction} on a {bg_colour} {bg_style} background"
 
