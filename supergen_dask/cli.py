@@ -82,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--spec", help="a JSON or YAML spec file; command-line options override its fields")
     r.add_argument("--prompt", help="what to render (required here or in --spec)")
     r.add_argument("--negative-prompt", help='what to steer away from (default: "")')
-    r.add_argument("--image", help="first frame of an image-to-video model (an image file PIL reads)")
+    r.add_argument(
+        "--image",
+        help="first frame of an image-to-video model (an image file PIL reads; default: none, text-to-video)",
+    )
     r.add_argument(
         "--height", type=int, help=f"output height in pixels (default: 2x the model's native; {_d('height')})"
     )

@@ -90,7 +90,12 @@ CASES = [
     ("yaml-output-string", lambda t, m: [*_spec(t, "s.yaml", "prompt: x\noutput: h264\n"), "--crf", "3"], ["output"]),
     ("yaml-int-keys", lambda t, m: _spec(t, "s.yaml", "prompt: x\n1: 2\n"), ["unknown field"]),
     ("yaml-height-string", lambda t, m: _spec(t, "s.yaml", "prompt: x\nheight: abc\n"), ["height"]),
-    ("yaml-cache-on", lambda t, m: _spec(t, "s.yaml", "prompt: x\ncache: {enabled: true}\n"), ["cache.enabled"]),
+    (
+        "yaml-cache-bad-threshold",
+        lambda t, m: _spec(t, "s.yaml", "prompt: x\ncache: {enabled: true, threshold: -1}\n"),
+        ["cache.threshold"],
+    ),
+    ("cli-cache-word", lambda t, m: ["render", "--prompt", "x", "--cache", "fast"], ["--cache", "fast"]),
     ("yaml-not-utf8", lambda t, m: _spec(t, "s.yaml", b"prompt: \xff\xfe\n"), ["s.yaml", "UTF-8"]),
     ("spec-is-directory", lambda t, m: ["render", "--spec", str(t)], ["is a directory"]),
     ("spec-missing", lambda t, m: ["render", "--spec", str(t / "nope.yaml")], ["nope.yaml"]),

@@ -15,7 +15,14 @@ spec.loader.exec_module(scaling)
 
 
 def _r(task, name, start, seconds, worker="w0", **kw):
-    return {"task": task, "name": name, "finished": start + seconds, "seconds": seconds, "worker": worker, **kw}
+    return {
+        "task": task,
+        "name": name,
+        "finished": start + seconds,
+        "seconds": seconds,
+        "worker": worker,
+        **kw,
+    }
 
 
 def test_stage_spans_and_gpu_busy_from_receipts():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numpy as np
 import pytest
@@ -180,15 +179,13 @@ def test_evaluation_scenes_distinct_and_deterministic():
         evaluation_scenes(1729)
 
 
-def test_make_batch_matches_prompts_and_is_fast():
+def test_make_batch_matches_prompts():
+    # its speed is measured by the training profile (benchmarks/results/toy-training), not here:
+    # a timed unit test fails on a loaded machine and proves nothing on a fast one
     rng = np.random.default_rng(0)
-    make_batch(rng, 2, 64, 64, 9)  # warm-up
-    t0 = time.perf_counter()
     videos, prompts = make_batch(rng, 64, 64, 64, 9)
-    elapsed = time.perf_counter() - t0
     assert videos.shape == (64, 9, 64, 64, 3) and videos.dtype == np.uint8
     assert len(prompts) == 64
-    assert elapsed < 1.0, elapsed
     for video, prompt in zip(videos[:8], prompts[:8], strict=True):
         rgb = COLOURS[parse_prompt(prompt)["colour"]]
         np.testing.assert_array_equal(count_objects(video, rgb), 1)

@@ -220,6 +220,8 @@ def _tiled_spec(model_dir, picture, **kw):
         refine_steps=3,
         guidance_scale=5.0,
         seed=7,
+        # compared step by step with an exact float32 whole-canvas reference: every step kept
+        output=sd.OutputSettings(store_dtype="float32", keep_every=1, keep_history=True),
     )
     fields.update(kw)
     return sd.RenderSpec(**fields)

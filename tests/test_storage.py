@@ -200,7 +200,9 @@ def test_readers_check_their_own_chunk_and_never_use_a_missing_one(tmp_path):
         reader.read_region("refine", "latents", *window, verify=(0, 1))  # its own chunk: checked
     with pytest.raises(ChunkCorruptError, match=r"tile \(0, 1\)"):
         reader.read_region("refine", "latents", *window)  # "all"
-    reader.read_region("refine", "latents", *window, verify=(0, 0))  # a neighbour's chunk: its reader checks it
+    reader.read_region(
+        "refine", "latents", *window, verify=(0, 0)
+    )  # a neighbour's chunk: its reader checks it
     (chunk / "1" / "1").unlink()
     with pytest.raises(ChunkCorruptError, match="missing"):
         reader.read_region("refine", "latents", *window, verify=(0, 0))  # but never uses a missing one
