@@ -375,7 +375,10 @@ def test_bad_images_are_one_line_errors_before_anything_is_written(tmp_path, mod
 # -- resume after a kill --------------------------------------------------------------------------
 @pytest.mark.slow
 def test_killed_i2v_render_resumes_bit_identical(tmp_path, models, picture):
-    spec = _tiled_spec(models["wan"], picture, height=128, width=128, num_inference_steps=16, refine_steps=14)
+    spec = _tiled_spec(  # the command line's defaults: the same render as the killed CLI run
+        models["wan"], picture, height=128, width=128, num_inference_steps=16, refine_steps=14,
+        output=sd.OutputSettings(),
+    )  # fmt: skip
     reference = tmp_path / "ref"
     with local_client(2) as c:
         sd.render(spec, output_dir=reference, client=c, progress=False)
