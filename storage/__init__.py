@@ -3,11 +3,13 @@
 Public names: ``RenderLayout``, ``StageLayout``, ``DecodeLayout``, ``DecodeRegion``,
 ``create_render_store``, ``RenderStore``, ``RenderExistsError``, ``ChunkCorruptError``,
 ``layout_nbytes``, ``delete_step_chunks``, ``open_render``, ``encode_video``, ``encode_segment``, ``join_segments``,
-``segment_ranges``, ``read_video``, ``probe_video``.
+``segment_ranges``, ``read_video``, ``probe_video``, ``Location`` and ``as_location`` (a local path or
+any fsspec URL, with its storage options).
 """
 
 from storage.checksums import ChunkCorruptError
 from storage.layout import DecodeLayout, DecodeRegion, RenderLayout, StageLayout
+from storage.location import Location, as_location
 from storage.retention import delete_step_chunks
 from storage.store import STAT_FIELDS, RenderExistsError, RenderStore, create_render_store, layout_nbytes
 from storage.video import (
@@ -26,11 +28,13 @@ __all__ = [
     "ChunkCorruptError",
     "DecodeLayout",
     "DecodeRegion",
+    "Location",
     "RenderExistsError",
     "RenderLayout",
     "RenderStore",
     "StageLayout",
     "VideoInfo",
+    "as_location",
     "create_render_store",
     "delete_step_chunks",
     "encode_segment",

@@ -20,7 +20,6 @@ import shutil
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import dask.config
@@ -31,6 +30,7 @@ from zarr.core.sync import sync
 from storage.blend import blend_regions
 from storage.checksums import NOT_RECORDED, ChunkCorruptError, crc32
 from storage.layout import DecodeRegion, RenderLayout, StageLayout
+from storage.location import Location, _local_path
 
 __all__ = [
     "STAT_FIELDS",
@@ -141,8 +141,15 @@ def layout_nbytes(layout: RenderLayout) -> dict[str, int]:
     return out
 
 
+def _address(url: str | Location, storage_options: dict | None) -> tuple[str, dict | None]:
+    """A store's URL and storage options, from a URL (and options) or a ``Location``."""
+    if isinstance(url, Location):
+        return url.url, storage_options if storage_options is not None else url.storage_options
+    return url, storage_options
+
+
 def create_render_store(
-    url: str,
+    url: str | Location,
     layout: RenderLayout,
     attrs: dict[str, Any],
     *,
@@ -153,8 +160,11 @@ def create_render_store(
 
     On a local filesystem the store is built under a temporary name beside ``url`` and renamed
     into place when complete, so a kill during creation never leaves a half-made store at
-    ``url`` (only a ``<url>.partial-*`` directory that nothing reads).
+    ``url`` (only a ``<url>.partial-*`` directory that nothing reads). On object storage there is
+    no rename: the root's attributes are written last, so a store whose creation was cut short
+    has none and is not taken for a render.
     """
+    url, storage_options = _address(url, storage_options)
     local = _local_path(url)
     if local is not None and local.exists():
         raise RenderExistsError(f"a store already exists at {url}")
@@ -370,13 +380,6 @@ def create_render_store(
     return RenderStore(url, instance=instance, storage_options=storage_options, mode="r+")
 
 
-def _local_path(url: str) -> Path | None:
-    """The local directory of a store URL (a plain path or ``file://``), else ``None``."""
-    if url.startswith("file://"):
-        return Path(url[len("file://") :])
-    return None if "://" in url else Path(url)
-
-
 _CACHE: dict[tuple[str, str, str, str], RenderStore] = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -389,8 +392,14 @@ class RenderStore:
     """
 
     def __init__(
-        self, url: str, *, instance: str | None = None, storage_options: dict | None = None, mode: str = "r+"
+        self,
+        url: str | Location,
+        *,
+        instance: str | None = None,
+        storage_options: dict | None = None,
+        mode: str = "r+",
     ):
+        url, storage_options = _address(url, storage_options)
         self.url = url
         self.mode = mode
         self.storage_options = storage_options
@@ -412,8 +421,13 @@ class RenderStore:
         # ``supergen.storage.verify-reads: false`` leaves it to resume and ``supergen verify``.
         self.verify_reads = bool(dask.config.get("supergen.storage.verify-reads", True))
 
+    @property
+    def location(self) -> Location:
+        """Where the store is (URL and storage options), as tasks receive it."""
+        return Location(self.url, self.storage_options)
+
     @classmethod
-    def open(cls, url: str, mode: str = "r+", storage_options: dict | None = None) -> RenderStore:
+    def open(cls, url: str | Location, mode: str = "r+", storage_options: dict | None = None) -> RenderStore:
         try:
             return cls(url, mode=mode, storage_options=storage_options)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
@@ -421,8 +435,9 @@ class RenderStore:
 
     @classmethod
     def cached(
-        cls, url: str, instance: str, storage_options: dict | None = None, mode: str = "r+"
+        cls, url: str | Location, instance: str, storage_options: dict | None = None, mode: str = "r+"
     ) -> RenderStore:
+        url, storage_options = _address(url, storage_options)
         key = (url, instance, json.dumps(storage_options, sort_keys=True), mode)
         with _CACHE_LOCK:
             store = _CACHE.get(key)
@@ -817,8 +832,11 @@ class RenderStore:
                 if len(index) and np.array_equal(index, np.arange(index[0], index[-1] + 1)):
                     yield reg, self.read_region_pixels(reg, slice(int(index[0]), int(index[-1]) + 1))
                 else:
-                    yield reg, self.array(f"decoded/{reg.name}").get_orthogonal_selection(
-                        (index, slice(None), slice(None), slice(None))
+                    yield (
+                        reg,
+                        self.array(f"decoded/{reg.name}").get_orthogonal_selection(
+                            (index, slice(None), slice(None), slice(None))
+                        ),
                     )
 
         try:

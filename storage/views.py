@@ -8,6 +8,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from storage.location import Location
 from storage.store import STAT_FIELDS, RenderStore
 
 __all__ = ["open_render"]
@@ -52,19 +53,23 @@ def _canvas_array(store: RenderStore, stage: str, name: str) -> da.Array:
 
 
 def open_render(
-    path: str, stage: str = "refine", crop: bool = True, storage_options: dict | None = None
+    path: str | Location, stage: str = "refine", crop: bool = True, storage_options: dict | None = None
 ) -> xr.Dataset:
     """Open one stage of a render as a lazy ``xarray.Dataset`` in canvas coordinates.
 
     Parameters
     ----------
     path
-        The render's Zarr store (directory or fsspec URL).
+        The render's Zarr store: a directory, an fsspec URL (``s3://bucket/renders/x/render.zarr``)
+        or a ``storage.Location`` (a URL with its storage options).
     stage
         ``"refine"`` (the tiled high-resolution stage) or ``"sketch"`` (the native-size pass).
     crop
         Drop the padding that rounds the canvas up to whole tiles (default). With ``crop=False``
         the full padded canvas is returned, as the tasks wrote it.
+    storage_options
+        fsspec options for a URL (credentials, ``endpoint_url``); fsspec's own configuration
+        (``AWS_*`` variables, ...) applies without them.
 
     Returns
     -------

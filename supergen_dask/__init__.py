@@ -10,10 +10,12 @@ tile-addressed Zarr store. The public API:
 - ``submit(specs, client)`` -> ``RenderHandle`` per spec at once (status, progress, video, xarray view,
   stats, errors, decoded previews), ``show_progress(handles)``;
 - ``open_render(store_path, stage="refine")`` -> lazy ``xarray.Dataset`` of the latents;
+- ``Location(url, storage_options)``: a render directory or store root on any filesystem fsspec
+  reaches (``s3://...``), wherever a path is taken;
 - ``make_cluster()`` / ``client_for()``: local CPU or dask-cuda clusters advertising a ``GPU`` resource.
 """
 
-from storage import RenderExistsError, open_render
+from storage import Location, RenderExistsError, open_render
 from supergen_dask import config as _config  # noqa: F401  (registers the supergen dask.config defaults)
 from supergen_dask.cluster import client_for, make_cluster
 from supergen_dask.geometry import ShiftSchedule, TileGrid, TileKey
@@ -45,6 +47,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AnchorSettings",
     "CacheSettings",
+    "Location",
     "OutputSettings",
     "RenderError",
     "RenderHandle",

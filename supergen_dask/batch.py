@@ -65,7 +65,7 @@ class BatchEntry:
     index: int
     fields: dict[str, Any]
     plan: Any = None  # RenderPlan
-    render_dir: Path | None = None
+    render_dir: Any = None  # Path (local) or storage.Location
     error: str | None = None
 
     @property
@@ -182,16 +182,19 @@ def resolve_entries(
     return out
 
 
-def is_finished(render_dir: Path, token: str) -> bool:
-    """Whether ``render_dir`` holds this very render, finished (its video written and a session
-    recorded as finished): such a render is skipped without touching the cluster."""
+def is_finished(render_dir, token: str) -> bool:
+    """Whether ``render_dir`` (a path, URL or ``storage.Location``) holds this very render,
+    finished (its video written and a session recorded as finished): such a render is skipped
+    without touching the cluster."""
     from storage import RenderStore
+    from supergen_dask.config import location
     from supergen_dask.graph import STORE_NAME, VIDEO_NAME
 
+    render_dir = location(render_dir)
     if not (render_dir / VIDEO_NAME).exists():
         return False
     try:
-        store = RenderStore.open(str(render_dir / STORE_NAME), mode="r")
+        store = RenderStore.open(render_dir / STORE_NAME, mode="r")
     except (FileNotFoundError, ValueError, KeyError, OSError):
         return False
     if store.attrs.get("plan", {}).get("token") != token:
@@ -213,9 +216,10 @@ def _run_one(entry: BatchEntry, client, retries: int) -> BatchOutcome:
             try:
                 with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
                     from storage import RenderStore
+                    from supergen_dask.config import location
                     from supergen_dask.graph import STORE_NAME
 
-                    mark_dead_sessions(RenderStore.open(str(render_dir / STORE_NAME)))
+                    mark_dead_sessions(RenderStore.open(location(render_dir) / STORE_NAME))
                 result = start_render(entry.plan, render_dir, client).wait(progress=False)
             except (RenderError, OSError) as exc:
                 error = " ".join(str(exc).split())

@@ -148,7 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--lossless", action="store_true", help="lossless RGB H.264 instead of yuv420p")
     r.add_argument("--crf", type=int, help="H.264 quality, 0-51 (default: 18)")
-    r.add_argument("--output-dir", help="render directory (default: <store-root>/<prompt>-<spec hash>)")
+    r.add_argument(
+        "--output-dir",
+        help="render directory: a path or an fsspec URL such as s3://bucket/renders/x "
+        "(default: <store-root>/<prompt>-<spec hash>)",
+    )
+    r.add_argument(
+        "--store-root",
+        help="where renders go without --output-dir: a path or an fsspec URL such as s3://bucket/renders "
+        "(default: the supergen.store-root setting, renders)",
+    )
     r.add_argument("--overwrite", action="store_true", help="replace a different render in --output-dir")
     r.add_argument(
         "--dry-run", action="store_true", help="print the plan and its cost estimate; write and run nothing"
@@ -161,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_args(r)
 
     s = sub.add_parser("resume", help="continue an interrupted render from its done markers")
-    s.add_argument("render_dir")
+    s.add_argument("render_dir", help="the render directory: a path or an fsspec URL (s3://...)")
     _add_cluster_args(s)
 
     i = sub.add_parser("info", help="plan and progress of a render directory")
@@ -215,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("batch_file", help="YAML/JSON: `defaults:` (spec fields) and a list `renders:` of entries")
     b.add_argument(
-        "--store-root", help="where the renders go (default: the file's store_root, else supergen.store-root)"
+        "--store-root",
+        help="where the renders go, a path or an fsspec URL such as s3://bucket/renders "
+        "(default: the file's store_root, else supergen.store-root)",
     )
     b.add_argument("--retries", type=int, help="re-runs of a failed render, each resuming it (default: 1)")
     b.add_argument("--parallel", type=int, default=2, help="renders in flight at once (default: 2)")
@@ -408,7 +419,9 @@ def _batch(args) -> int:
     from supergen_dask.cluster import client_for
 
     defaults, entries, options = load_batch(args.batch_file)
-    root = Path(args.store_root or options.get("store_root") or config_get("store-root"))
+    from supergen_dask.config import location
+
+    root = location(args.store_root or options.get("store_root") or config_get("store-root"))
     retries = args.retries if args.retries is not None else options.get("retries", 1)
     if not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
@@ -437,7 +450,7 @@ def _batch(args) -> int:
 
         dirs = [o.entry.render_dir for o in outcomes if o.entry.render_dir is not None]
         dirs = list(dict.fromkeys(dirs))
-        out = Path(args.report) if args.report else root / f"{Path(args.batch_file).stem}-report"
+        out = location(args.report) if args.report else root / f"{Path(args.batch_file).stem}-report"
         if dirs:
             print(f"report: {write_report(dirs, out, title=f'batch {Path(args.batch_file).name}')}")
     return batch_exit_code(outcomes)
@@ -487,14 +500,15 @@ def _classify(exc: BaseException, render_dir: Path | None, started: bool) -> tup
     return EXIT_FAILED, f"{type(exc).__name__}: {exc}{resume if started else ''}"
 
 
-def _mark_dead_sessions(render_dir: Path) -> None:
+def _mark_dead_sessions(render_dir) -> None:
     """Under the directory's lock no other run is alive: sessions still ``running`` were killed."""
     from storage import RenderStore
+    from supergen_dask.config import location
     from supergen_dask.dirlock import mark_dead_sessions
     from supergen_dask.graph import STORE_NAME
 
     try:
-        store = RenderStore.open(str(render_dir / STORE_NAME))
+        store = RenderStore.open(location(render_dir) / STORE_NAME)
     except (FileNotFoundError, ValueError, KeyError):
         return  # a new render, or not ours: run_render says which
     mark_dead_sessions(store)
@@ -502,6 +516,7 @@ def _mark_dead_sessions(render_dir: Path) -> None:
 
 def _verify(render_dir: str, repair: bool) -> int:
     from storage import RenderStore
+    from supergen_dask.config import location
     from supergen_dask.graph import STORE_NAME, VIDEO_NAME
     from supergen_dask.integrity import repair_store, verify_render
 
@@ -512,9 +527,9 @@ def _verify(render_dir: str, repair: bool) -> int:
     if repair and not report.ok:
         from supergen_dask.plan import RenderPlan
 
-        store = RenderStore.open(str(Path(render_dir) / STORE_NAME))
+        store = RenderStore.open(location(render_dir) / STORE_NAME)
         plan = RenderPlan.from_dict(store.attrs["plan"])
-        repair_store(plan, store, (Path(render_dir) / VIDEO_NAME).exists(), full=True)
+        repair_store(plan, store, (location(render_dir) / VIDEO_NAME).exists(), full=True)
         print(f"repaired markers; recompute with: supergen resume {render_dir}")
     return 0 if report.ok else EXIT_FAILED
 
@@ -567,10 +582,11 @@ def _main(args: argparse.Namespace, where: dict[str, Any]) -> int:
     if args.command == "verify":
         return _verify(args.render_dir, args.repair)
     if args.command == "report":
+        from supergen_dask.config import location
         from supergen_dask.report import write_report
 
         for d in args.render_dirs:
-            if not Path(d).is_dir():
+            if not location(d).is_dir():
                 raise FileNotFoundError(f"{d}: no such render directory")
         print(f"report: {write_report(args.render_dirs, args.out)}")
         return 0
@@ -585,6 +601,7 @@ def _main(args: argparse.Namespace, where: dict[str, Any]) -> int:
     import dask.config
 
     from supergen_dask.cluster import client_for
+    from supergen_dask.config import location
     from supergen_dask.dirlock import render_dir_lock
     from supergen_dask.estimate import check_disk
     from supergen_dask.graph import default_render_dir, load_plan, run_render
@@ -604,14 +621,17 @@ def _main(args: argparse.Namespace, where: dict[str, Any]) -> int:
     with dask.config.set({"supergen.limits.enabled": False} if force else {}):
         if args.command == "render":
             plan = plan_render(spec_from_args(args))  # every check happens here, before any write
-            render_dir = Path(args.output_dir) if args.output_dir else default_render_dir(plan)
+            if args.output_dir:
+                render_dir = location(args.output_dir).native()
+            else:
+                render_dir = default_render_dir(plan, args.store_root)
             overwrite = args.overwrite
             if args.dry_run:
                 print(plan.summary())
                 print(f"render directory: {render_dir}")
                 return 0
         else:
-            render_dir = Path(args.render_dir)
+            render_dir = location(args.render_dir).native()
             plan = load_plan(render_dir)
             overwrite = False
         check_output_dir(render_dir)

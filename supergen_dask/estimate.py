@@ -254,10 +254,14 @@ def check_limits(plan: RenderPlan, estimate: RenderEstimate | None = None) -> Re
 
 def check_disk(plan: RenderPlan, render_dir: str | Path) -> None:
     """Raise ``LimitError`` if a new render's uncompressed store cannot fit the free space of the
-    filesystem it goes to (skipped for an existing store, a compressed one, or limits off)."""
+    filesystem it goes to (skipped for an existing store, a compressed one, limits off, or a
+    render directory on a remote filesystem, whose free space is not known)."""
     if not config.get("limits.enabled", True) or config.get("storage.compressor") not in (None, "none"):
         return
-    target = Path(render_dir).absolute()
+    loc = config.location(render_dir)
+    if not loc.is_local:
+        return
+    target = loc.local_path.absolute()
     if (target / "render.zarr").exists():
         return
     existing = target

@@ -30,7 +30,6 @@ import numpy as np
 
 from pipelines import model_info
 from pipelines.toy import Scene, render_scene
-from storage import RenderStore
 from supergen_dask.graph import RenderResult, render_batch
 from supergen_dask.metrics import object_mask, seam_score, temporal_flicker
 from supergen_dask.quality import prompted_colour, step_grid_lines
@@ -144,7 +143,7 @@ def evaluate(
         part = render_batch([j[3] for j in jobs[i : i + size]], client, root, progress=progress)
         if not keep_latents:
             for result in part:
-                store = RenderStore.open(str(result.store_path))
+                store = result.open_store(mode="r+")
                 if not store.attrs.get("pruned"):
                     store.prune_intermediate()
         results += part

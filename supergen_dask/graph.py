@@ -14,7 +14,6 @@ import json
 import logging
 import platform
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from typing import Any
 
 from distributed import Client, Future, as_completed
 
-from storage import RenderExistsError, RenderStore, create_render_store, open_render
+from storage import Location, RenderExistsError, RenderStore, as_location, create_render_store, open_render
 from supergen_dask import conditioning, config, retention, tasks
 from supergen_dask.cache import scale_index
 from supergen_dask.geometry import TileKey
@@ -55,11 +54,13 @@ class RenderError(RuntimeError):
 
 @dataclass
 class RenderResult:
-    """Where a finished render lives and what it cost."""
+    """Where a finished render lives and what it cost. The paths are ``pathlib.Path`` for a local
+    render, ``storage.Location`` (path-like: ``name``, ``/``, ``exists``, ``read_bytes``) for one
+    on another filesystem (``s3://...``)."""
 
-    render_dir: Path
-    store_path: Path
-    video_path: Path
+    render_dir: Path | Location
+    store_path: Path | Location
+    video_path: Path | Location
     plan: RenderPlan
     session: int
     receipts: list[dict] = field(default_factory=list)
@@ -72,11 +73,15 @@ class RenderResult:
     @property
     def quality(self) -> dict[str, Any] | None:
         """The render's quality metrics (``supergen_dask.quality.render_quality``), if measured."""
-        return RenderStore.open(str(self.store_path), mode="r").attrs.get("quality")
+        return self.open_store().attrs.get("quality")
+
+    def open_store(self, mode: str = "r") -> RenderStore:
+        """The render's store (``storage.RenderStore``)."""
+        return RenderStore.open(as_location(self.store_path), mode=mode)
 
     def dataset(self, stage: str = "refine", crop: bool = True):
         """The render's latents as an ``xarray.Dataset`` (see ``storage.open_render``)."""
-        return open_render(str(self.store_path), stage=stage, crop=crop)
+        return open_render(as_location(self.store_path), stage=stage, crop=crop)
 
     def summary(self) -> dict[str, Any]:
         tiles = [r for r in self.receipts if r.get("task") == "denoise" and not r.get("skipped")]
@@ -98,10 +103,13 @@ def _slug(prompt: str) -> str:
     return "-".join(words) or "render"
 
 
-def default_render_dir(plan: RenderPlan, root: str | Path | None = None) -> Path:
-    """``<store-root>/<prompt words>-<spec hash>``: the same spec always maps to the same place."""
-    root = Path(root if root is not None else config.get("store-root"))
-    return root / f"{_slug(plan.spec.prompt)}-{plan.token[:8]}"
+def default_render_dir(plan: RenderPlan, root: str | Path | Location | None = None) -> Path | Location:
+    """``<store-root>/<prompt words>-<spec hash>``: the same spec always maps to the same place.
+
+    ``root`` (default: the ``supergen.store-root`` setting) is a path, an fsspec URL
+    (``s3://bucket/renders``) or a ``storage.Location``; the result is a ``Path`` when local."""
+    root = config.location(root if root is not None else config.get("store-root"))
+    return (root / f"{_slug(plan.spec.prompt)}-{plan.token[:8]}").native()
 
 
 def _versions() -> dict[str, str]:
@@ -130,15 +138,33 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-def prepare_store(plan: RenderPlan, render_dir: Path, overwrite: bool = False) -> RenderStore:
+def _cut_short(store_path: Location) -> bool:
+    """Whether ``store_path`` is a store whose creation was cut short on object storage (no local
+    rename there): a Zarr group with this project's arrays and none of its root attributes, which
+    ``create_render_store`` writes last. Nothing else could have written it."""
+    if store_path.is_local:
+        return False
+    import zarr
+
+    try:
+        root = zarr.open_group(store_path.url, mode="r", storage_options=store_path.storage_options)
+        return not root.attrs.asdict() and "task_done" in root and "prompt_embeds" in root
+    except Exception:  # noqa: BLE001 - unreadable: not ours to delete
+        return False
+
+
+def prepare_store(
+    plan: RenderPlan, render_dir: str | Path | Location, overwrite: bool = False
+) -> RenderStore:
     """Create the render's store, or reopen it if it holds this very plan (resume).
 
     A store holding a different render is never touched unless ``overwrite`` is set.
     """
+    render_dir = config.location(render_dir)
     store_path = render_dir / STORE_NAME
     if store_path.exists():
         try:
-            store = RenderStore.open(str(store_path))
+            store = RenderStore.open(store_path)
             existing = store.attrs.get("plan", {}).get("token")
         except (FileNotFoundError, ValueError, KeyError):
             store, existing = None, None
@@ -147,33 +173,36 @@ def prepare_store(plan: RenderPlan, render_dir: Path, overwrite: bool = False) -
 
             repair_store(plan, store, video_exists=(render_dir / VIDEO_NAME).exists())  # redo damaged work
             return store
-        if not overwrite:
+        if store is None and _cut_short(store_path):
+            log.warning("%s: a store whose creation was cut short; making it again", store_path)
+        elif not overwrite:
             raise RenderExistsError(
                 f"{render_dir} already holds a different render (spec hash {existing}); "
                 "choose another output directory or pass overwrite=True (--overwrite)"
             )
-        shutil.rmtree(store_path)
+        store_path.rmtree()
         video = render_dir / VIDEO_NAME
         if video.exists():
             video.unlink()
-    render_dir.mkdir(parents=True, exist_ok=True)
+    render_dir.mkdir()
     attrs = {"spec": plan.spec.to_dict(), "plan": plan.to_dict(), "versions": _versions(), "sessions": []}
-    return create_render_store(
-        str(store_path), plan.layout(), attrs, compressor=config.get("storage.compressor")
-    )
+    return create_render_store(store_path, plan.layout(), attrs, compressor=config.get("storage.compressor"))
 
 
 class _Graph:
     """Submits the tasks that are not yet done and remembers their futures."""
 
-    def __init__(self, client: Client, plan: RenderPlan, store: RenderStore, session: int, video_path: Path):
+    def __init__(
+        self, client: Client, plan: RenderPlan, store: RenderStore, session: int, video_path: Location
+    ):
         self.client = client
         self.plan = plan
         self.store = store
         self.session = session
         self.video_path = video_path
         self.run = f"{plan.token[:12]}{session:04x}"
-        self.args = (plan, store.url, store.instance)
+        # the store's location carries its storage options to the workers
+        self.args = (plan, store.location, store.instance)
         self.futures: list[Future] = []
         self.tiles: dict[TileKey, Future] = {}
         self.branches: dict[TileKey, list[Future]] = {}
@@ -410,7 +439,7 @@ class _Graph:
                 self.named_task(
                     "sketchpreview",
                     tasks.sketch_preview,
-                    str(sketch_video),
+                    sketch_video,
                     deps=[pixels],
                     gpu=False,
                     force=True,
@@ -443,7 +472,7 @@ class _Graph:
             )
         if not self.video_path.exists():  # a lost video is re-encoded from the decoded regions
             folder = self.video_path.parent / "segments"
-            paths = [str(folder / f"segment_{i:03d}.mp4") for i in range(len(plan.encode_segments()))]
+            paths = [folder / f"segment_{i:03d}.mp4" for i in range(len(plan.encode_segments()))]
             segments = [
                 self.named_task(
                     f"segment_{i}",
@@ -452,14 +481,14 @@ class _Graph:
                     path,
                     deps=decodes,
                     gpu=False,
-                    force=not Path(path).exists(),
+                    force=not path.exists(),
                 )
                 for i, path in enumerate(paths)
             ]
             self.named_task(
                 "encode",
                 tasks.encode_output,
-                str(self.video_path),
+                self.video_path,
                 paths,
                 deps=segments,
                 gpu=False,
@@ -483,16 +512,19 @@ class RenderJob:
     Several jobs can run at once on one client (a notebook batch): start them all, then wait.
     """
 
-    def __init__(self, plan: RenderPlan, render_dir: Path, client: Client, overwrite: bool = False):
+    def __init__(
+        self, plan: RenderPlan, render_dir: str | Path | Location, client: Client, overwrite: bool = False
+    ):
         self.plan = plan
-        self.render_dir = Path(render_dir)
+        self.location = config.location(render_dir)
+        self.render_dir = self.location.native()  # a Path when local, as callers always had
         self.client = client
-        self.store = prepare_store(plan, self.render_dir, overwrite=overwrite)
+        self.store = prepare_store(plan, self.location, overwrite=overwrite)
         self._sessions = list(self.store.attrs.get("sessions", []))
         self.session = len(self._sessions) + 1
         self._sessions.append({"session": self.session, "started": _now(), "status": "running"})
         self.store.update_attrs(sessions=self._sessions)
-        self.video_path = self.render_dir / VIDEO_NAME
+        self.video_path = self.location / VIDEO_NAME
         self._t0 = time.perf_counter()
         graph = _Graph(client, plan, self.store, self.session, self.video_path)
         graph.build()
@@ -549,20 +581,25 @@ class RenderJob:
             for fut in self.futures:
                 fut.release()
         return RenderResult(
-            self.render_dir, self.render_dir / STORE_NAME, self.video_path, self.plan, self.session, receipts
+            self.render_dir,
+            (self.location / STORE_NAME).native(),
+            self.video_path.native(),
+            self.plan,
+            self.session,
+            receipts,
         )
 
 
 def start_render(
-    plan: RenderPlan, render_dir: str | Path, client: Client, *, overwrite: bool = False
+    plan: RenderPlan, render_dir: str | Path | Location, client: Client, *, overwrite: bool = False
 ) -> RenderJob:
     """Create (or reopen) the store and submit every unfinished task; returns at once."""
-    return RenderJob(plan, Path(render_dir), client, overwrite=overwrite)
+    return RenderJob(plan, render_dir, client, overwrite=overwrite)
 
 
 def run_render(
     plan: RenderPlan,
-    render_dir: str | Path,
+    render_dir: str | Path | Location,
     client: Client,
     *,
     progress: bool = True,
@@ -578,7 +615,7 @@ def run_render(
 def render_batch(
     specs: list[RenderSpec],
     client: Client,
-    root: str | Path | None = None,
+    root: str | Path | Location | None = None,
     *,
     progress: bool = True,
 ) -> list[RenderResult]:
@@ -595,7 +632,7 @@ def render_batch(
 
 def render(
     spec: RenderSpec,
-    output_dir: str | Path | None = None,
+    output_dir: str | Path | Location | None = None,
     client: Client | None = None,
     *,
     progress: bool = True,
@@ -606,24 +643,27 @@ def render(
     """Plan and run a render. Bad specs raise ``SpecError`` before anything is written.
 
     ``client`` is an existing Dask client; without one a local cluster is started for the call
-    (``supergen.cluster.*`` settings). ``output_dir`` defaults to ``default_render_dir(plan)``.
+    (``supergen.cluster.*`` settings). ``output_dir`` defaults to ``default_render_dir(plan)``; it
+    may be a local path, an fsspec URL (``s3://bucket/renders/x``, reached with the
+    ``supergen.storage.options`` setting and fsspec's own configuration) or a ``storage.Location``
+    (a URL with its storage options).
     """
     from supergen_dask.cluster import client_for
 
     plan = plan_render(spec)
-    render_dir = Path(output_dir) if output_dir is not None else default_render_dir(plan)
+    render_dir = output_dir if output_dir is not None else default_render_dir(plan)
     with client_for(client, n_workers=n_workers, processes=processes) as c:
         return run_render(plan, render_dir, c, progress=progress, overwrite=overwrite)
 
 
-def load_plan(render_dir: str | Path) -> RenderPlan:
+def load_plan(render_dir: str | Path | Location) -> RenderPlan:
     """The plan stored with a render."""
-    store = RenderStore.open(str(Path(render_dir) / STORE_NAME), mode="r")
+    store = RenderStore.open(config.location(render_dir) / STORE_NAME, mode="r")
     return RenderPlan.from_dict(store.attrs["plan"])
 
 
 def resume(
-    render_dir: str | Path,
+    render_dir: str | Path | Location,
     client: Client | None = None,
     *,
     progress: bool = True,
@@ -635,13 +675,13 @@ def resume(
 
     plan = load_plan(render_dir)
     with client_for(client, n_workers=n_workers, processes=processes) as c:
-        return run_render(plan, Path(render_dir), c, progress=progress)
+        return run_render(plan, render_dir, c, progress=progress)
 
 
-def describe(render_dir: str | Path) -> dict[str, Any]:
+def describe(render_dir: str | Path | Location) -> dict[str, Any]:
     """Plan summary and progress of a render directory (for ``supergen info``)."""
-    render_dir = Path(render_dir)
-    store = RenderStore.open(str(render_dir / STORE_NAME), mode="r")
+    render_dir = config.location(render_dir)
+    store = RenderStore.open(render_dir / STORE_NAME, mode="r")
     plan = RenderPlan.from_dict(store.attrs["plan"])
     progress = {}
     for st in plan.stages:

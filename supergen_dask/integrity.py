@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from storage import ChunkCorruptError, RenderStore
+from storage import ChunkCorruptError, Location, RenderStore
 from storage.store import checked_arrays, start_arrays
 from supergen_dask.geometry import TileKey
 from supergen_dask.plan import RenderPlan, StagePlan
@@ -298,7 +298,10 @@ def verify_store(store: RenderStore, plan: RenderPlan | None = None) -> VerifyRe
     return report
 
 
-def verify_render(render_dir: str | Path) -> VerifyReport:
-    """``verify_store`` of the store in a render directory."""
-    store = RenderStore.open(str(Path(render_dir) / "render.zarr"), mode="r")
+def verify_render(render_dir: str | Path | Location) -> VerifyReport:
+    """``verify_store`` of the store in a render directory (a path, an fsspec URL or a
+    ``storage.Location``)."""
+    from supergen_dask.config import location
+
+    store = RenderStore.open(location(render_dir) / "render.zarr", mode="r")
     return verify_store(store)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from storage import Location
 
 __all__ = ["OutputDirError", "check_output_dir"]
 
@@ -19,13 +23,40 @@ def _read_only(path: Path) -> bool:
         return False
 
 
-def check_output_dir(render_dir: str | Path) -> None:
+def _check_remote(loc: Location) -> None:
+    """The checks that a remote filesystem allows without writing: the location is reachable (its
+    bucket exists, the credentials work) and is not a file."""
+    try:
+        if loc.is_file():
+            raise OutputDirError(f"output directory {loc}: exists and is not a directory")
+        existing = loc.nearest_existing()
+    except OutputDirError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - missing credentials, refused access, no such host
+        raise OutputDirError(
+            f"output directory {loc}: cannot reach it ({type(exc).__name__}: {exc})"
+        ) from None
+    if existing is None:
+        raise OutputDirError(f"output directory {loc}: its bucket (or root) does not exist")
+    if existing != loc and existing.is_file():
+        raise OutputDirError(f"output directory {loc}: {existing} is a file, not a directory")
+
+
+def check_output_dir(render_dir: str | Path | Location) -> None:
     """Raise ``OutputDirError`` if ``render_dir`` is not, and cannot become, a writable directory.
 
     Creates nothing: the nearest existing ancestor must be a directory that this process may
-    write, on a filesystem mounted read-write.
+    write, on a filesystem mounted read-write. ``render_dir`` may be an fsspec URL or a
+    ``storage.Location``: then it must be reachable and not a file (object stores say nothing
+    of write permission before a write).
     """
-    target = Path(render_dir).absolute()
+    from supergen_dask.config import location
+
+    loc = location(render_dir)
+    if not loc.is_local:
+        _check_remote(loc)
+        return
+    target = loc.local_path.absolute()
     existing = target
     while not existing.exists():
         if existing.parent == existing:

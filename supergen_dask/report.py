@@ -15,10 +15,14 @@ from __future__ import annotations
 import html
 import json
 import os
+import posixpath
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from storage import Location
 
 __all__ = ["collect_render", "render_html", "write_report", "placement", "cache_skip_rate"]
 
@@ -48,24 +52,40 @@ def cache_skip_rate(stats: dict[str, np.ndarray], done: np.ndarray) -> float | N
     return skipped / computed.size if skipped else None
 
 
-def _sheet(frames: np.ndarray, path: Path) -> str:
+def _sheet(frames: np.ndarray, path: Location) -> str:
     from supergen_dask.preview import contact_sheet, write_png
 
     write_png(contact_sheet(frames, 4), path)
     return path.name
 
 
-def collect_render(render_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def _link(target: Location, out_dir: Location) -> str:
+    """A link from the page in ``out_dir`` to ``target``: relative where both are on one
+    filesystem (links that survive moving both), else the target's URL."""
+    if target.is_local and out_dir.is_local:
+        return os.path.relpath(target.local_path.absolute(), out_dir.local_path.absolute())
+    if target.protocol == out_dir.protocol and not target.is_local:
+        return posixpath.relpath(target.path, out_dir.path)
+    return target.url
+
+
+def collect_render(render_dir: str | Path | Location, out_dir: str | Path | Location) -> dict[str, Any]:
     """Everything the report shows about one render directory; pictures are written to
-    ``out_dir`` (a missing video or store is recorded as such, never an error)."""
+    ``out_dir`` (a missing video or store is recorded as such, never an error). Either may be a
+    local path, an fsspec URL or a ``storage.Location``."""
     from storage import RenderStore, read_video
+    from supergen_dask.config import location
     from supergen_dask.graph import SKETCH_VIDEO_NAME, STORE_NAME, VIDEO_NAME
 
-    render_dir, out_dir = Path(render_dir), Path(out_dir)
-    rec: dict[str, Any] = {"name": render_dir.name, "render_dir": str(render_dir.resolve())}
-    rel = lambda p: os.path.relpath(p, out_dir)  # noqa: E731 - links that survive moving both
+    render_dir, out_dir = location(render_dir), location(out_dir)
+    where = str(render_dir.local_path.resolve()) if render_dir.is_local else render_dir.url
+    rec: dict[str, Any] = {"name": render_dir.name, "render_dir": where}
+
+    def rel(p: Location) -> str:
+        return _link(p, out_dir)
+
     try:
-        store = RenderStore.open(str(render_dir / STORE_NAME), mode="r")
+        store = RenderStore.open(render_dir / STORE_NAME, mode="r")
     except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
         rec["error"] = f"no render store: {' '.join(str(exc).split())}"
         return rec
@@ -100,7 +120,9 @@ def collect_render(render_dir: str | Path, out_dir: str | Path) -> dict[str, Any
     video = render_dir / VIDEO_NAME
     if video.exists():
         rec["video"] = rel(video)
-        rec["poster"] = _sheet(read_video(video), out_dir / f"{stem}-video.png")
+        with video.local_copy() as local:
+            frames = read_video(local)
+        rec["poster"] = _sheet(frames, out_dir / f"{stem}-video.png")
     if store.layout.sketch_pixels is not None and store.task_is_done("upscale"):
         rec["sketch"] = _sheet(store.read_sketch_pixels(), out_dir / f"{stem}-sketch.png")
     if (render_dir / SKETCH_VIDEO_NAME).exists():
@@ -217,16 +239,19 @@ def render_html(records: list[dict[str, Any]], title: str = "supergen renders") 
     )
 
 
-def write_report(render_dirs: list[str | Path], out_dir: str | Path, title: str = "supergen renders") -> Path:
-    """Write ``index.html``, ``report.json`` and the pictures into ``out_dir``; returns the page."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def write_report(
+    render_dirs: list[str | Path | Location], out_dir: str | Path | Location, title: str = "supergen renders"
+) -> Path | Location:
+    """Write ``index.html``, ``report.json`` and the pictures into ``out_dir`` (a local folder, an
+    fsspec URL or a ``storage.Location``); returns the page (a ``Path`` when local)."""
+    from supergen_dask.config import location
+
+    out_dir = location(out_dir)
+    out_dir.mkdir()
     records = [collect_render(d, out_dir) for d in render_dirs]
     (out_dir / "report.json").write_text(
         json.dumps({"title": title, "renders": records}, indent=1, default=str)
     )
     page = out_dir / "index.html"
-    tmp = out_dir / ".index.html.partial"
-    tmp.write_text(render_html(records, title), encoding="utf-8")
-    tmp.replace(page)
-    return page
+    page.write_text(render_html(records, title))  # whole or not at all
+    return page.native()

@@ -14,7 +14,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from storage import Location
 
 __all__ = ["RenderHandle", "submit", "show_progress", "wait_all"]
 
@@ -26,7 +29,7 @@ class RenderHandle:
         self.job = job
         self.plan = job.plan
         self.spec = spec if spec is not None else job.plan.spec
-        self.render_dir: Path = job.render_dir
+        self.render_dir: Path | Location = job.render_dir  # a Path when local
         self.total = len(job.futures)
         self._done = 0
         self._result = None
@@ -79,32 +82,34 @@ class RenderHandle:
 
     # -- outputs --------------------------------------------------------------------------------
     @property
-    def video(self) -> Path | None:
+    def video(self) -> Path | Location | None:
         """The mp4, once written."""
         from supergen_dask.graph import VIDEO_NAME
 
-        path = self.render_dir / VIDEO_NAME
-        return path if self.status == "finished" and path.exists() else None
+        path = self.job.location / VIDEO_NAME
+        return path.native() if self.status == "finished" and path.exists() else None
 
     @property
-    def store_path(self) -> Path:
+    def store_path(self) -> Path | Location:
         from supergen_dask.graph import STORE_NAME
 
-        return self.render_dir / STORE_NAME
+        return (self.job.location / STORE_NAME).native()
 
     def dataset(self, stage: str = "refine"):
         """The render's latents as a lazy ``xarray.Dataset`` (also mid-render: unfinished steps
         read as their fill value; ``ds.done`` says which tiles are finished)."""
         from storage import open_render
+        from supergen_dask.graph import STORE_NAME
 
-        return open_render(str(self.store_path), stage=stage)
+        return open_render(self.job.location / STORE_NAME, stage=stage)
 
     @property
     def stats(self) -> dict[str, Any]:
         """Tiles done per stage, this session's task summary and stage timings, quality."""
         from storage import RenderStore
+        from supergen_dask.graph import STORE_NAME
 
-        store = RenderStore.open(str(self.store_path), mode="r")
+        store = RenderStore.open(self.job.location / STORE_NAME, mode="r")
         out: dict[str, Any] = {"status": self.status, "progress": self.progress()}
         for st in self.plan.stages:
             mask = store.done_mask(st.name)
@@ -122,14 +127,14 @@ class RenderHandle:
         """Decoded pixels ``(F, H, W, 3)`` of a finished step (``supergen_dask.preview``)."""
         from supergen_dask.preview import decode_step
 
-        return decode_step(self.render_dir, step, stage)
+        return decode_step(self.job.location, step, stage)
 
     def __repr__(self) -> str:
         done, total = self.progress()
         return f"<RenderHandle {self.render_dir.name}: {self.status}, {done}/{total} tasks>"
 
 
-def submit(specs, client, root: str | Path | None = None) -> list[RenderHandle]:
+def submit(specs, client, root: str | Path | Location | None = None) -> list[RenderHandle]:
     """Submit renders (one ``RenderSpec`` or a list) to ``client``'s cluster; returns at once.
 
     Every spec is validated before anything is submitted; each render goes to

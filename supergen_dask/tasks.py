@@ -61,7 +61,9 @@ def worker_code(name: str) -> float:
     return float(zlib.crc32(name.encode()))
 
 
-def _store(url: str, instance: str):
+def _store(url, instance: str):
+    """The render's store in this process; ``url`` is its URL or its ``storage.Location`` (which
+    carries the storage options the driver opened it with)."""
     from storage import RenderStore
 
     return RenderStore.cached(url, instance)
@@ -690,16 +692,18 @@ def decode_region(plan: RenderPlan, url: str, instance: str, index: int, *deps) 
     return _receipt("decode", task, t0)
 
 
-def encode_segment(plan: RenderPlan, url: str, instance: str, index: int, path: str, *deps) -> dict:
-    """Blend the decoded regions of one run of frames and encode it as its own video segment."""
-    from pathlib import Path
-
+def encode_segment(plan: RenderPlan, url: str, instance: str, index: int, path, *deps) -> dict:
+    """Blend the decoded regions of one run of frames and encode it as its own video segment
+    (``path``: a local path, URL or ``storage.Location``; PyAV writes a local file, uploaded
+    whole when the render directory is elsewhere)."""
+    from storage import as_location
     from storage import encode_segment as encode
 
     t0 = time.perf_counter()
     task = f"segment_{index}"
     store = _store(url, instance)
-    if store.task_is_done(task) and Path(path).exists():
+    target = as_location(path)
+    if store.task_is_done(task) and target.exists():
         return _receipt("encode", task, t0, skipped=True)
     a, b = plan.encode_segments()[index]
     chunk = store.layout.decode.frames_per_chunk
@@ -709,34 +713,41 @@ def encode_segment(plan: RenderPlan, url: str, instance: str, index: int, path: 
             yield from store.decoded_frames(slice(s, min(b, s + chunk)))
 
     out = plan.spec.output
-    encode(
-        frames(),
-        path,
-        fps=plan.spec.fps,
-        codec=out.codec,
-        crf=out.crf,
-        threads=plan.encode_threads,
-        first_frame=a,
-    )
+    with target.local_target() as local:
+        encode(
+            frames(),
+            local,
+            fps=plan.spec.fps,
+            codec=out.codec,
+            crf=out.crf,
+            threads=plan.encode_threads,
+            first_frame=a,
+        )
     store.mark_task_done(task)
     return _receipt("encode", task, t0, frames=b - a)
 
 
-def encode_output(plan: RenderPlan, url: str, instance: str, video_path: str, segments: list, *deps) -> dict:
-    """Join the encoded segments into the video without re-encoding, then drop the segments."""
-    from pathlib import Path
+def encode_output(plan: RenderPlan, url: str, instance: str, video_path, segments: list, *deps) -> dict:
+    """Join the encoded segments into the video without re-encoding, then drop the segments
+    (through local copies when the render directory is not local: PyAV reads and writes files)."""
+    import contextlib
 
-    from storage import join_segments
+    from storage import as_location, join_segments
 
     t0 = time.perf_counter()
     store = _store(url, instance)
-    if store.task_is_done("encode") and Path(video_path).exists():
-        return _receipt("encode", "encode", t0, skipped=True, path=video_path)
-    info = join_segments(segments, video_path)
-    for seg in segments:
-        Path(seg).unlink(missing_ok=True)
+    video = as_location(video_path)
+    if store.task_is_done("encode") and video.exists():
+        return _receipt("encode", "encode", t0, skipped=True, path=str(video))
+    segs = [as_location(s) for s in segments]
+    with contextlib.ExitStack() as stack:
+        local = [stack.enter_context(s.local_copy()) for s in segs]
+        with video.local_target() as out:
+            info = join_segments(local, out)
+    for seg in segs:
+        seg.unlink(missing_ok=True)
     store.mark_task_done("encode")
-    return _receipt("encode", "encode", t0, path=info.path, frames=info.frames)
+    return _receipt("encode", "encode", t0, path=str(video), frames=info.frames)
 
 
 def measure_quality(plan: RenderPlan, url: str, instance: str, *deps) -> dict:
@@ -749,14 +760,14 @@ def measure_quality(plan: RenderPlan, url: str, instance: str, *deps) -> dict:
     return _receipt("quality", "quality", t0, quality=render_quality(plan, store))
 
 
-def sketch_preview(plan: RenderPlan, url: str, instance: str, path: str, *deps) -> dict:
+def sketch_preview(plan: RenderPlan, url: str, instance: str, path, *deps) -> dict:
     """The decoded sketch as a clip (``sketch.mp4`` beside the video), as soon as stage 1 ends."""
-    from pathlib import Path
-
+    from storage import as_location
     from supergen_dask.preview import write_clip
 
     t0 = time.perf_counter()
-    if Path(path).exists():
+    target = as_location(path)
+    if target.exists():
         return _receipt("preview", "sketch_preview", t0, skipped=True)
-    info = write_clip(_store(url, instance).read_sketch_pixels(), path, fps=plan.spec.fps)
-    return _receipt("preview", "sketch_preview", t0, path=info.path, frames=info.frames)
+    info = write_clip(_store(url, instance).read_sketch_pixels(), target, fps=plan.spec.fps)
+    return _receipt("preview", "sketch_preview", t0, path=str(target), frames=info.frames)
