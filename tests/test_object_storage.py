@@ -154,58 +154,56 @@ def _cli_env(s3) -> dict[str, str]:
     }
 
 
-def _refine_done(location: Location) -> tuple[int, int]:
-    try:
-        mask = RenderStore.open(location / "render.zarr", mode="r").done_mask("refine")
-    except (FileNotFoundError, ValueError, KeyError):
-        return 0, 1
-    return int(mask.sum()), mask.size
+def _wait_for_stage2(location: Location, proc: subprocess.Popen, timeout: float = 300) -> RenderStore:
+    """The store, once a refinement tile is finished (polled sparingly: every read is a request)."""
+    deadline = time.time() + timeout
+    store = None
+    while store is None or not store.done_mask("refine").any():
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.time() < deadline, "stage 2 did not start in time"
+        time.sleep(0.2)
+        if store is None:
+            try:  # made, and its attributes written (they come last)
+                store = RenderStore.open(location / "render.zarr", mode="r")
+            except (FileNotFoundError, ValueError, KeyError):
+                pass
+    return store
 
 
-def test_killed_cli_render_on_s3_resumes_to_identical_bytes(s3, reference, tmp_path):
+def test_killed_cli_render_on_s3_resumes_to_identical_bytes(s3, reference, client, tmp_path):
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(SPEC.to_dict()))
     plan = plan_render(RenderSpec.from_dict(SPEC.to_dict()))
     assert plan.token == reference.plan.token  # the same render, under another store root
     target = default_render_dir(plan, Location("s3://bucket/killed", s3.options))
-    env = _cli_env(s3)
-    cli = [sys.executable, "-m", "supergen_dask.cli"]
     proc = subprocess.Popen(
-        [*cli, "render", "--spec", str(spec_file), "--store-root", "s3://bucket/killed"]
-        + ["--threads", "--workers", "2", "--no-progress"],
+        [sys.executable, "-m", "supergen_dask.cli", "render", "--spec", str(spec_file)]
+        + ["--store-root", "s3://bucket/killed", "--threads", "--workers", "2", "--no-progress"],
         start_new_session=True,
-        env=env,
+        env=_cli_env(s3),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.time() + 300
-        while _refine_done(target)[0] == 0:
-            assert proc.poll() is None, proc.stdout.read().decode()
-            assert time.time() < deadline, "stage 2 did not start in time"
-            time.sleep(0.05)
+        store = _wait_for_stage2(target, proc)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and its worker threads, mid-stage-2
         proc.wait()
-    done, total = _refine_done(target)
-    assert 0 < done < total, "the kill must land inside stage 2"
-    store = RenderStore.open(target / "render.zarr", mode="r")
     before = store.done_mask("refine")
+    assert 0 < before.sum() < before.size, "the kill must land inside stage 2"
+    store = RenderStore.open(target / "render.zarr", mode="r")  # its attributes as they are now
     assert store.attrs["sessions"][-1]["status"] == "running"  # killed, never finished
     assert not (target / "video.mp4").exists()
     lock = target / dirlock.LOCK_NAME
-    assert lock.exists()  # left by the killed run: the resume must take it over
+    assert json.loads(lock.read_bytes())["pid"] == proc.pid  # left behind by the killed run
 
-    resumed = subprocess.run(
-        [*cli, "resume", target.url, "--threads", "--workers", "2", "--no-progress"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert f"video: {target.url}/video.mp4" in resumed.stdout
+    # resumed from its URL as `supergen resume` does: the killed run's lock is stale (its process
+    # is gone), so it is taken over at once; the killed run's session is marked as such
+    with dirlock.render_dir_lock(target.url, wait=False):
+        dirlock.mark_dead_sessions(RenderStore.open(target / "render.zarr"))
+        resumed = sd.resume(target.url, client=client, progress=False)
     assert not lock.exists()
+    assert resumed.video_path == target / "video.mp4"
 
     store = RenderStore.open(target / "render.zarr", mode="r")
     assert [s["status"] for s in store.attrs["sessions"]] == ["killed", "finished"]
