@@ -32,8 +32,8 @@ from supergen_dask.report import write_report
 from supergen_dask.spec import RenderSpec
 
 # 2x2 refinement tiles, 4 refinement steps and a seam pass: a kill after the first finished
-# refinement tile lands inside stage 2
-SPEC = tiny_spec(prompt="a green square moving up")
+# refinement tile lands inside stage 2 (5 frames: every request to the server costs time here)
+SPEC = tiny_spec(prompt="a green square moving up", num_frames=5)
 CREDENTIALS = {
     # through the AWS variables botocore reads, as a deployment would give them
     "AWS_ACCESS_KEY_ID": "testing",
@@ -93,16 +93,18 @@ def reference(s3, client):
     return sd.render_batch([SPEC], client, root="s3://bucket/renders", progress=False)[0]
 
 
-def _arrays(location: Location) -> dict[str, np.ndarray]:
-    """Every data array of a store (not the timing stats, which differ run to run)."""
+def _records(location: Location) -> dict[str, np.ndarray]:
+    """A store's records of its content: the CRC-32 of every latent, state, start, prompt and
+    pixel chunk, the done markers, and the final latents themselves (reading every chunk of two
+    stores from the server would cost more than the renders' differences could show)."""
     root = zarr.open_group(location.url, mode="r", storage_options=location.storage_options)
-    out = {}
-    for path, arr in root.arrays():
-        out[path] = arr[...]
-    for name, group in root.groups():
-        for path, arr in group.arrays():
-            if path != "tile_stats":
-                out[f"{name}/{path}"] = arr[...]
+    out = {name: root[name][...] for name in ("prompt_checksum", "task_done", "decoded/checksums")}
+    for stage, group in root.groups():
+        for name in ("checksums", "start_checksums", "done"):
+            if name in group:
+                out[f"{stage}/{name}"] = group[name][...]
+    assert {"sketch/checksums", "refine/checksums"} <= set(out)
+    out["refine/latents[-1]"] = root["refine/latents"][-1]
     return out
 
 
@@ -212,8 +214,8 @@ def test_killed_cli_render_on_s3_resumes_to_identical_bytes(s3, reference, clien
     assert np.all(stats["session"][before] == 1) and np.all(stats["session"][~before] == 2)
     resumed_video = (target / "video.mp4").read_bytes()
     assert _sha256(resumed_video) == _sha256(reference.video_path.read_bytes())
-    want, got = _arrays(reference.render_dir / "render.zarr"), _arrays(target / "render.zarr")
-    assert sorted(want) == sorted(got)
+    want, got = _records(reference.render_dir / "render.zarr"), _records(target / "render.zarr")
+    assert (want["refine/checksums"] >= 0).any()  # records to compare
     for name in want:
         assert np.array_equal(want[name], got[name], equal_nan=True), f"{name} differs"
 
@@ -255,7 +257,7 @@ def test_missing_bucket_is_bad_input_before_anything_runs(s3, capsys):
     assert "no-such-bucket" not in [b["name"] for b in s3.fs.ls("", refresh=True, detail=True)]
 
 
-def test_report_and_preview_beside_a_store_on_s3(s3, reference, tmp_path):
+def test_report_and_preview_beside_a_store_on_s3(s3, reference):
     page = write_report([reference.render_dir], "s3://bucket/reports/nightly")
     assert isinstance(page, Location) and page.url == "s3://bucket/reports/nightly/index.html"
     html = page.read_text()
@@ -263,10 +265,6 @@ def test_report_and_preview_beside_a_store_on_s3(s3, reference, tmp_path):
     # links relative to the page, so the bucket's two folders can move together
     assert f'href="../../renders/{name}/video.mp4"' in html
     assert s3.fs.exists(f"bucket/reports/nightly/{name}-video.png")
-    # the same report written locally reads the render from the bucket and links to its URL
-    local = write_report([str(reference.render_dir)], tmp_path / "report")
-    assert f"{reference.render_dir}/video.mp4" in local.read_text()
-    assert (tmp_path / "report" / f"{name}-video.png").stat().st_size > 0
 
     step = reference.plan.refine.steps[-1]
     preview = write_preview(reference.render_dir, step)
@@ -297,3 +295,20 @@ def test_locations_of_local_paths_and_file_urls_keep_to_the_local_filesystem(tmp
     again = pickle.loads(pickle.dumps(remote))
     assert again == remote and again.storage_options == s3.options
     assert (remote.name, remote.parent.url) == ("render.zarr", "s3://bucket/renders/x")
+
+
+def test_store_whose_creation_was_cut_short_on_s3_is_made_again(s3):
+    plan = plan_render(SPEC)
+    where = Location("s3://bucket/cut-short/r", s3.options)
+    # what a kill during creation leaves (no rename on object storage): arrays, no root attributes
+    root = zarr.open_group((where / "render.zarr").url, mode="w-", storage_options=s3.options)
+    root.create_array("prompt_embeds", shape=(1,), dtype="float32")
+    root.create_array("task_done", shape=(1,), dtype="uint8")
+    store = prepare_store(plan, where)
+    assert store.attrs["plan"]["token"] == plan.token and not store.is_finished()
+    # a Zarr group that is not such a leftover is never deleted
+    other = Location("s3://bucket/cut-short/foreign", s3.options)
+    zarr.open_group((other / "render.zarr").url, mode="w-", storage_options=s3.options)
+    with pytest.raises(sd.RenderExistsError, match="already holds a different render"):
+        prepare_store(plan, other)
+    assert (other / "render.zarr" / "zarr.json").exists()
