@@ -160,18 +160,25 @@ def create_render_store(
 
     On a local filesystem the store is built under a temporary name beside ``url`` and renamed
     into place when complete, so a kill during creation never leaves a half-made store at
-    ``url`` (only a ``<url>.partial-*`` directory that nothing reads). On object storage there is
-    no rename: the root's attributes are written last, so a store whose creation was cut short
-    has none and is not taken for a render.
+    ``url`` (only a ``<url>.partial-*`` directory that nothing reads). On another filesystem
+    (object storage) there is no rename: the store is built in memory, its objects uploaded at
+    once (concurrently: one request each, instead of several sequential ones per array), and the
+    root's metadata with its attributes last, so a store whose creation was cut short has no root
+    and is not taken for a render.
     """
     url, storage_options = _address(url, storage_options)
     local = _local_path(url)
-    if local is not None and local.exists():
+    remote = None if local is not None else Location(url, storage_options)
+    if (local or remote).exists():
         raise RenderExistsError(f"a store already exists at {url}")
     instance = uuid.uuid4().hex
-    build = url if local is None else str(local.with_name(f"{local.name}.partial-{instance[:8]}"))
+    if remote is not None:
+        built: dict = {}
+        build = zarr.storage.MemoryStore(built)
+    else:
+        build = str(local.with_name(f"{local.name}.partial-{instance[:8]}"))
     try:
-        root = zarr.open_group(build, mode="w-", storage_options=storage_options, zarr_format=3)
+        root = zarr.open_group(build, mode="w-", zarr_format=3)
     except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
         raise RenderExistsError(f"a store already exists at {url}") from None
     comp = _compressors(compressor)
@@ -369,7 +376,12 @@ def create_render_store(
             **attrs,
         }
     )
-    if local is not None:
+    if remote is not None:
+        objects = {f"{remote.path}/{key}": buf.to_bytes() for key, buf in built.items()}
+        top = objects.pop(f"{remote.path}/zarr.json")
+        remote.fs.pipe(objects)
+        remote.fs.pipe_file(f"{remote.path}/zarr.json", top)  # last: the store is complete
+    else:
         try:
             os.rename(build, local)  # atomic: the store appears whole or not at all
         except OSError:

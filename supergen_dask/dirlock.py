@@ -11,10 +11,12 @@ On object storage (``s3://...``) there is no ``flock``. The lock is then the obj
 ``If-None-Match: *``), holding its owner (host, process id) and a lease that a thread of the
 owner renews. Nothing releases it when its process is killed, so a lock is taken over when it is
 stale: its owner is a process of this host that no longer exists (at once), or its lease ran out
-(``LEASE_SECONDS`` after its owner stopped renewing it, on any host). A filesystem that cannot
-make a conditional write gets no lock, with a warning. Two runs that find one stale lock at the
-same moment may both take it over (there is no conditional delete to prevent it); the lease's
-renewal notices and warns.
+(``LEASE_SECONDS`` after its owner stopped renewing it, on any host). The create is atomic on S3;
+where a filesystem's fsspec driver has no conditional write, fsspec checks and then writes, and
+the lock is read back to catch a run that wrote at the same moment; a driver that cannot create
+exclusively at all gets no lock, with a warning. Two runs that find one stale lock at the same
+moment may both take it over (there is no conditional delete to prevent it); the lease's renewal
+notices and warns.
 """
 
 from __future__ import annotations
@@ -143,7 +145,12 @@ def _object_lock(
     while True:
         try:
             lock.create_exclusive(body())
-            break
+            # read back: where the driver checks existence and then writes (fsspec's default, not
+            # atomic), a run that wrote at the same moment finds the other's lock here
+            holder = _read_holder(lock)
+            if holder and holder.get("token") == me["token"]:
+                break
+            holder = holder or {}
         except NotImplementedError:
             warnings.warn(
                 f"{render_dir}: {render_dir.protocol} cannot make a conditional write, so the render "
@@ -153,10 +160,9 @@ def _object_lock(
             yield
             return
         except FileExistsError:
-            pass
-        holder = _read_holder(lock)
-        if holder is None:  # released meanwhile
-            continue
+            holder = _read_holder(lock)
+            if holder is None:  # released meanwhile
+                continue
         if _stale(holder, time.time()):
             log.warning("%s: taking over the stale lock of %s", render_dir, holder or "an unreadable lock")
             lock.unlink(missing_ok=True)

@@ -140,15 +140,16 @@ def _now() -> str:
 
 def _cut_short(store_path: Location) -> bool:
     """Whether ``store_path`` is a store whose creation was cut short on object storage (no local
-    rename there): a Zarr group with this project's arrays and none of its root attributes, which
-    ``create_render_store`` writes last. Nothing else could have written it."""
+    rename there): this project's arrays without the root group, which ``create_render_store``
+    writes last, or with a root that has none of its attributes. Nothing else writes that."""
     if store_path.is_local:
         return False
-    import zarr
-
     try:
-        root = zarr.open_group(store_path.url, mode="r", storage_options=store_path.storage_options)
-        return not root.attrs.asdict() and "task_done" in root and "prompt_embeds" in root
+        ours = all((store_path / name / "zarr.json").exists() for name in ("task_done", "prompt_embeds"))
+        if not ours:
+            return False
+        top = store_path / "zarr.json"
+        return not top.exists() or not json.loads(top.read_bytes()).get("attributes")
     except Exception:  # noqa: BLE001 - unreadable: not ours to delete
         return False
 

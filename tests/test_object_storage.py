@@ -172,6 +172,7 @@ def _wait_for_stage2(location: Location, proc: subprocess.Popen, timeout: float 
     return store
 
 
+@pytest.mark.slow
 def test_killed_cli_render_on_s3_resumes_to_identical_bytes(s3, reference, client, tmp_path):
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(SPEC.to_dict()))
@@ -246,6 +247,14 @@ def test_lock_object_on_s3_is_exclusive_and_stale_locks_are_taken_over(s3):
     with dirlock.render_dir_lock(where, wait=False):
         assert json.loads(lock.read_bytes())["host"] == holder["host"]
     assert not lock.exists()
+    # the owner renews its lease while it holds the lock
+    with dirlock._object_lock(where, wait=False, poll=0.1, announce=None, lease=0.6):
+        first = json.loads(lock.read_bytes())["expires"]
+        deadline = time.time() + 10
+        while json.loads(lock.read_bytes())["expires"] == first:
+            assert time.time() < deadline, "the lease was not renewed"
+            time.sleep(0.1)
+    assert not lock.exists()
 
 
 def test_missing_bucket_is_bad_input_before_anything_runs(s3, capsys):
@@ -300,10 +309,12 @@ def test_locations_of_local_paths_and_file_urls_keep_to_the_local_filesystem(tmp
 def test_store_whose_creation_was_cut_short_on_s3_is_made_again(s3):
     plan = plan_render(SPEC)
     where = Location("s3://bucket/cut-short/r", s3.options)
-    # what a kill during creation leaves (no rename on object storage): arrays, no root attributes
+    # what a kill during creation leaves (no rename on object storage): arrays, and no root (it
+    # is uploaded last)
     root = zarr.open_group((where / "render.zarr").url, mode="w-", storage_options=s3.options)
     root.create_array("prompt_embeds", shape=(1,), dtype="float32")
     root.create_array("task_done", shape=(1,), dtype="uint8")
+    (where / "render.zarr" / "zarr.json").unlink()
     store = prepare_store(plan, where)
     assert store.attrs["plan"]["token"] == plan.token and not store.is_finished()
     # a Zarr group that is not such a leftover is never deleted
