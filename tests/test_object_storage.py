@@ -24,6 +24,7 @@ from conftest import tiny_spec
 import supergen_dask as sd
 from storage import Location, RenderStore, probe_video
 from supergen_dask import dirlock
+from supergen_dask.batch import is_finished, resolve_entries, run_batch
 from supergen_dask.cli import EXIT_BAD_INPUT, main
 from supergen_dask.graph import default_render_dir, prepare_store
 from supergen_dask.plan import plan_render
@@ -143,6 +144,21 @@ def test_xarray_view_opens_from_s3(s3, reference):
     st = store.stage("refine")
     whole = store.read_canvas("refine", "latents", st.steps[-1])[..., : st.valid_h, : st.valid_w]
     np.testing.assert_array_equal(final, whole)
+
+
+def test_commands_on_a_render_directory_in_the_bucket(s3, reference, client, capsys):
+    url = reference.render_dir.url
+    assert main(["info", url]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["video"] == f"{url}/video.mp4" and info["progress"]["refine"] == "16/16 tiles"
+    assert main(["verify", url]) == 0
+    assert "corrupt" not in capsys.readouterr().out
+    # a batch under the same store root finds the render finished and does no work for it
+    (entry,) = resolve_entries({}, [SPEC.to_dict()], "s3://bucket/renders")
+    assert entry.error is None and entry.render_dir == reference.render_dir
+    assert is_finished(entry.render_dir, entry.plan.token)
+    (outcome,) = run_batch([entry], client)
+    assert outcome.status == "skipped"
 
 
 def _cli_env(s3) -> dict[str, str]:
