@@ -3,13 +3,13 @@
 
 A ``Location`` is a URL (or a local path) and the fsspec storage options that reach it. The driver
 uses it for everything around a render's Zarr store (the mp4s, segments, previews, reports, the
-lock), and tasks receive it, so a worker opens exactly what the driver opened. Local paths take
-the same code path as today: plain ``pathlib`` and ``os`` calls, atomic renames included.
+lock), and tasks receive it, so a worker opens exactly what the driver opened. Local paths use
+plain ``pathlib`` and ``os`` calls, atomic renames included.
 
 Remote filesystems are treated as object stores: no directories to create (a key's parents exist
-by themselves), a whole-object write (``write_bytes``, ``put_file``) appears at once or not at all,
-and files that a library writes or reads only locally (PyAV's mp4s, PIL's pictures) go through a
-local temporary copy (``local_target``, ``local_copy``). Credentials come from fsspec's usual
+by themselves), a whole-object write (``write_bytes``, ``local_target``) appears at once or not at
+all, and files that a library writes or reads only locally (PyAV's mp4s) go through a local
+temporary copy (``local_target``, ``local_copy``). Credentials come from fsspec's usual
 configuration (for S3: ``AWS_*`` environment variables, ``~/.aws``, an instance role, fsspec's
 ``FSSPEC_S3_*`` settings) or from the storage options given here.
 """
@@ -178,15 +178,6 @@ class Location:
         self._fresh()
         return self.fs.isfile(self.path)
 
-    def iterdir(self) -> list[Location]:
-        """The entries directly inside (sorted by name)."""
-        local = self.local_path
-        if local is not None:
-            return [self / p.name for p in sorted(local.iterdir())]
-        self._fresh()
-        names = sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.path, detail=False))
-        return [self / n for n in names if n]
-
     def nearest_existing(self) -> Location | None:
         """This location or its nearest ancestor that exists (``None``: not even the top, e.g. a
         missing bucket)."""
@@ -268,15 +259,6 @@ class Location:
             return
         self.fs.rm(self.path, recursive=True)
         self._fresh()
-
-    def put_file(self, source: str | os.PathLike) -> None:
-        """Copy a local file here (a rename into place when this location is local too)."""
-        local = self.local_path
-        if local is not None:
-            local.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, local)
-            return
-        self.fs.put_file(os.fspath(source), self.path)
 
     @contextlib.contextmanager
     def local_copy(self) -> Iterator[Path]:
