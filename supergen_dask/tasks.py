@@ -461,7 +461,7 @@ def cache_step(
     if decision.compute:
         info = {"change": decision.change, "tau": decision.tau, "k": decision.k}
         return _run_on_gpu(
-            denoise_tile, plan, url, instance, key, session, run=run, priority=priority, decision=info
+            denoise_tile, key, (plan, url, instance, key, session), run=run, priority=priority, decision=info
         )
     x_prev, x_computed, o_computed = previous
     t_step0 = time.perf_counter()
@@ -486,14 +486,13 @@ def cache_step(
     return {"task": "hit", "name": name, **extra, "seconds": seconds}
 
 
-def _run_on_gpu(fn, *args, run: str, priority: int, **kwargs) -> dict:
-    """Submit ``fn`` from inside a task as a task holding a ``GPU`` slot, and wait for it with
-    this thread handed back to the worker (Dask's tasks-from-tasks)."""
+def _run_on_gpu(fn, key: TileKey, args: tuple, *, run: str, priority: int, **kwargs) -> dict:
+    """Submit ``fn(*args)`` for tile ``key`` from inside a task as a task holding a ``GPU`` slot,
+    and wait for it with this thread handed back to the worker (Dask's tasks-from-tasks)."""
     import uuid
 
     from distributed import get_client, rejoin, secede
 
-    key = args[3]  # the TileKey
     client = get_client()
     fut = client.submit(
         fn,
