@@ -6,9 +6,14 @@ pixel size (the sketch's size for the sketch, the output size for refinement) an
 canvas like the upscaled sketch. Its canvas part (``ImageCondition.latents``) is stored like a
 stage's ``start``: one chunk per tile of the first step's grid, so a tile of any later step reads
 its window rolled exactly like its latents. Its global part (``ImageCondition.embeds``) is stored
-whole and every tile gets all of it. A condition that fixes cells (``ImageCondition.frozen``: Wan
-2.2 TI2V's first frame) is applied to each stepped tile as well. What the condition *is* (mask channels, first-frame latents,
-CLIP tokens) is the family's business, in ``pipelines``; nothing here names a family.
+whole and every tile gets all of it. A
+condition that fixes cells (``ImageCondition.frozen``: Wan 2.2 TI2V's first frame) is applied to
+each stepped tile as well. What the condition *is* (mask channels, first-frame latents, CLIP
+tokens) is the family's business, in ``pipelines``; nothing here names a family.
+
+Some families condition the prompt's encoding too (HunyuanVideo I2V's Llava sees the image;
+guidance-distilled models pack their embedded guidance scale with the prompt): ``prompt_options``
+is what the prompt task hands ``encode_prompt`` besides the prompts, as the model's info asks.
 
 Pure functions (``check_image``, ``file_digest``, ``read_image``, ``stage_image``, ``crop_tile``,
 ``blank_condition``) are separate from the task (``encode_image``) and the tile tasks' reader
@@ -35,6 +40,7 @@ __all__ = [
     "stage_image",
     "crop_tile",
     "blank_condition",
+    "prompt_options",
     "encode_image",
     "tile_image",
 ]
@@ -115,6 +121,21 @@ def blank_condition(info: ModelInfo, frames: int, h: int, w: int, device, batch:
     if info.image_tokens:
         embeds = torch.zeros(batch, info.image_tokens, info.image_embed_dim, device=device)
     return ImageCondition(latents, embeds, info.image_frozen)
+
+
+def prompt_options(plan) -> dict:
+    """The keywords ``VideoBackend.encode_prompt`` takes for this render besides the prompts: the
+    image's pixels when the model's prompt encoder sees the image (checked against the planned
+    image's digest), the embedded guidance scale when the model has one."""
+    options: dict = {}
+    if plan.model.prompt_sees_image and plan.spec.image is not None:
+        path = plan.spec.image
+        if file_digest(path) != plan.image_sha256:
+            raise ImageFileError(f"{path!r}: the image changed since this render was planned")
+        options["image"] = read_image(path)
+    if plan.spec.embedded_guidance_scale is not None:
+        options["embedded_guidance_scale"] = plan.spec.embedded_guidance_scale
+    return options
 
 
 # -- tasks (thin wrappers over the store) ---------------------------------------------------------
