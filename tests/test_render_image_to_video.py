@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import dask.config
 import numpy as np
 import pytest
 import torch
@@ -281,7 +282,12 @@ def test_tiled_i2v_render_is_the_same_on_1_and_3_workers_and_crops_at_the_shifte
     assert plan.refine.grid.n_tiles == 4 and plan.sketch is not None and plan.refine.shift.stride_y > 0
     results = {}
     for n in (1, 3):
-        with local_client(n) as c:
+        # 2 cells of VAE context (8 by default, which at these sizes decodes the whole canvas per
+        # region): a quality setting this test does not check, and most of these renders' time
+        with (
+            local_client(n) as c,
+            dask.config.set({"supergen.decode.margin": 2, "supergen.upscale.margin": 2}),
+        ):
             results[n] = sd.render(spec, output_dir=tmp_path / f"w{n}", client=c, progress=False)
     assert_renders_identical(tmp_path / "w1", tmp_path / "w3")
     result = results[1]
