@@ -78,7 +78,9 @@ __all__ = [
     "save_tiny_pipeline",
 ]
 
-DEFAULT_EMBEDDED_GUIDANCE = 6.0  # the T2V pipeline's guidance_scale, and the I2V example's
+# the T2V pipeline's default guidance_scale; the I2V pipeline's is 1.0, but diffusers' example for
+# the guidance-distilled I2V checkpoint passes 6.0
+DEFAULT_EMBEDDED_GUIDANCE = 6.0
 IMAGE_CONDITIONS = ("latent_concat", "token_replace")
 # the image tokens kept for the prompt: the I2V pipeline's default ``image_embed_interleave``
 _INTERLEAVE = {"latent_concat": 2, "token_replace": 4}
