@@ -18,7 +18,7 @@ import torch
 
 from supergen_dask import cache as region_cache
 from supergen_dask import worker_models
-from supergen_dask.conditioning import blank_condition, tile_image
+from supergen_dask.conditioning import blank_condition, prompt_options, tile_image
 from supergen_dask.geometry import TileKey
 from supergen_dask.noise import position_noise, window_noise
 from supergen_dask.plan import RenderPlan, StagePlan
@@ -115,7 +115,7 @@ def encode_prompt(plan: RenderPlan, url: str, instance: str, *deps) -> dict:
     if store.task_is_done("prompt"):
         return _receipt("prompt", "prompt", t0, skipped=True)
     backend = worker_models.get_backend(plan.spec.model, plan.spec.dtype)
-    pos, neg = backend.encode_prompt(plan.spec.prompt, plan.spec.negative_prompt)
+    pos, neg = backend.encode_prompt(plan.spec.prompt, plan.spec.negative_prompt, **prompt_options(plan))
     store.write_prompt_embeds(neg.numpy(), pos.numpy())
     store.mark_task_done("prompt")
     return _receipt("prompt", "prompt", t0)
