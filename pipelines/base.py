@@ -80,6 +80,12 @@ class ModelInfo:
     image_tokens: int = 0
     image_embed_dim: int = 0
     image_frozen: bool = False  # the condition replaces cells (``ImageCondition.frozen``)
+    # the prompt's encoder sees the image too (HunyuanVideo I2V's Llava): ``encode_prompt`` then
+    # takes ``image=``
+    prompt_sees_image: bool = False
+    # guidance-distilled models (HunyuanVideo): the guidance scale embedded into the denoiser when a
+    # spec leaves ``embedded_guidance_scale`` open; ``None``: the model takes none
+    embedded_guidance: float | None = None
     # two-expert models (Wan 2.2 A14B): the timestep below which the second expert denoises and
     # ``guidance_scale_2`` applies (diffusers' rule); 0: one expert, one guidance scale
     guidance_boundary: float = 0.0
@@ -183,8 +189,16 @@ class VideoBackend:
         self.dtype = dtype
 
     # -- text ---------------------------------------------------------------------------------
-    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(prompt_embeds, negative_prompt_embeds)``, each ``(L, D)`` float32 on CPU."""
+    def encode_prompt(
+        self, prompt: str, negative_prompt: str = "", **options: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(prompt_embeds, negative_prompt_embeds)``, each ``(L, D)`` float32 on CPU.
+
+        ``options`` are what a family's conditioning takes besides the prompts, passed only to
+        models whose ``ModelInfo`` asks for them: ``image`` (the conditioning image, ``(H, W, 3)``
+        uint8, when ``prompt_sees_image``) and ``embedded_guidance_scale`` (when the model has
+        ``embedded_guidance``; left out: that default).
+        """
         raise NotImplementedError
 
     # -- transformer --------------------------------------------------------------------------
@@ -364,8 +378,10 @@ class LazyBackend(VideoBackend):
     def load_transformer(self) -> None:
         self._get("transformer")
 
-    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-        pos, neg = self._get("text")(prompt, negative_prompt)
+    def encode_prompt(
+        self, prompt: str, negative_prompt: str = "", **options: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        pos, neg = self._get("text")(prompt, negative_prompt, **options)
         return pos.float().cpu(), neg.float().cpu()
 
 

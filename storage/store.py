@@ -7,9 +7,9 @@ Rules this module keeps (see the project's storage notes):
 - latents of a step are stored rolled by that step's grid offset, so a tile is one chunk; reads
   take any (wrapping) window in canvas coordinates and touch only the chunks under it;
 - ``done`` markers are written after the data they vouch for;
-- every latent, state, start, pixel and prompt chunk has a CRC-32 recorded by its writer (before
-  the done marker) and checked by its readers (``storage.checksums``), so a chunk changed or
-  lost on disk raises ``ChunkCorruptError`` instead of being used.
+- every latent, state, start, image condition, pixel and prompt chunk has a CRC-32 recorded by
+  its writer (before the done marker) and checked by its readers (``storage.checksums``), so a
+  chunk changed or lost on disk raises ``ChunkCorruptError`` instead of being used.
 """
 
 from __future__ import annotations
@@ -125,6 +125,7 @@ def layout_nbytes(layout: RenderLayout) -> dict[str, int]:
             out["records"] += max(1, st.cache_updates) * tiles * 8
         out["latents"] += st.frames * st.image_channels * st.canvas_h * st.canvas_w * 4
         out["records"] += st.image_tokens * st.image_embed_dim * 4
+        out["records"] += 8 * (tiles if st.image_channels else 0) + 8 * bool(st.image_tokens)  # checksums
         k = len(checked_arrays(st))
         out["records"] += n * tiles * (1 + 8 * len(STAT_FIELDS) + 8 * k) + tiles * 8 * len(start_arrays(st))
         out["records"] += n * 16
@@ -235,9 +236,12 @@ def create_render_store(
             shape = (F, st.image_channels, H, W)
             dims = ("frame", "image_channel", "y", "x")
             arr(g, "image", shape, (F, st.image_channels, th, tw), "float32", dims, np.nan, **big)
+            sums = ("tile_y", "tile_x")
+            arr(g, "image_checksums", (st.rows, st.cols), (st.rows, st.cols), "int64", sums, NOT_RECORDED)
         if st.image_tokens:
             shape = (st.image_tokens, st.image_embed_dim)
             arr(g, "image_embeds", shape, shape, "float32", ("image_token", "image_embed"), np.nan)
+            arr(g, "image_embeds_checksum", (1,), (1,), "int64", ("one",), NOT_RECORDED)
         latents = arr(
             g,
             "latents",
@@ -429,6 +433,7 @@ class RenderStore:
         self._recorded: dict[tuple[str, str, int, int], np.ndarray] = {}
         self._lock = threading.Lock()
         self._has_checksums = "prompt_checksum" in self.root  # stores made before checksums: none
+        self._image_sums: dict[str, bool] = {}
         # Readers check every chunk they read whole (about 1 s per 2 GB hashed on one core);
         # ``supergen.storage.verify-reads: false`` leaves it to resume and ``supergen verify``.
         self.verify_reads = bool(dask.config.get("supergen.storage.verify-reads", True))
@@ -500,9 +505,11 @@ class RenderStore:
         a[lead + middle + (ys, xs)] = data
         if not self._has_checksums or sub:  # guidance branch outputs are intermediate: unchecked
             return
-        if step is None and name not in start_arrays(st):  # the image condition: its task's marker
-            return
         crc = crc32(data)
+        if step is None and name not in start_arrays(st):  # the image condition: its task's marker
+            if self._has_image_checksums(stage):  # vouches for it, as for a stage input
+                self.array(f"{stage}/image_checksums")[row, col] = crc
+            return
         if step is None:  # a stage input: its task marker vouches for it, record now
             self.array(f"{stage}/start_checksums")[row, col, start_arrays(st).index(name)] = crc
         else:  # recorded with the tile's done marker (one small write per tile)
@@ -515,8 +522,13 @@ class RenderStore:
     ) -> dict[tuple[int, int], int]:
         """Recorded CRC-32 of the chunks of tiles ``rows x cols`` (``-1``: nothing recorded)."""
         st = self.stage(stage)
-        if not self._has_checksums or (step is None and name not in start_arrays(st)):
-            return {(r, c): NOT_RECORDED for r in rows for c in cols}  # the image condition: none
+        if step is None and name not in start_arrays(st):  # the image condition (read whole: small)
+            if not self._has_image_checksums(stage):  # stores made before it had checksums
+                return {(r, c): NOT_RECORDED for r in rows for c in cols}
+            table = self.array(f"{stage}/image_checksums")[...]
+            return {(r, c): int(table[r, c]) for r in rows for c in cols}
+        if not self._has_checksums:
+            return {(r, c): NOT_RECORDED for r in rows for c in cols}
         if step is None:
             path, j, lead = f"{stage}/start_checksums", start_arrays(st).index(name), ()
         else:
@@ -770,6 +782,34 @@ class RenderStore:
                 self._recorded.clear()
         self.update_attrs(pruned=True)
         return len(prefixes)
+
+    def _has_image_checksums(self, stage: str) -> bool:
+        known = self._image_sums.get(stage)
+        if known is None:  # stores made before image conditions had checksums have none
+            known = self._image_sums[stage] = f"{stage}/image_checksums" in self.root
+        return known
+
+    # -- image-to-video: a stage's global image embeddings ----------------------------------------
+    def write_image_embeds(self, stage: str, embeds: np.ndarray) -> None:
+        """Write a stage's ``(tokens, dim)`` image embeddings and record their checksum (the stage's
+        image task's marker vouches for both)."""
+        data = np.ascontiguousarray(embeds, dtype=np.float32)
+        self.array(f"{stage}/image_embeds")[...] = data
+        if f"{stage}/image_embeds_checksum" in self.root:
+            self.array(f"{stage}/image_embeds_checksum")[0] = crc32(data)
+
+    def read_image_embeds(self, stage: str) -> np.ndarray:
+        """A stage's image embeddings, checked against the recorded checksum."""
+        where = f"{stage}/image_embeds"
+        try:
+            a = self.array(where)[...]
+        except Exception as exc:
+            raise ChunkCorruptError(where, f"unreadable ({type(exc).__name__}: {exc})") from exc
+        if f"{stage}/image_embeds_checksum" in self.root:
+            want = int(self.array(f"{stage}/image_embeds_checksum")[0])
+            if want != NOT_RECORDED and crc32(a) != want:
+                raise ChunkCorruptError(where, "checksum mismatch (changed or missing on disk)")
+        return a
 
     # -- prompt embeddings ----------------------------------------------------------------------
     def write_prompt_embeds(self, negative: np.ndarray, positive: np.ndarray) -> None:

@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="second expert's scale (Wan 2.2 A14B; default: --guidance-scale)",
     )
+    r.add_argument(
+        "--embedded-guidance-scale",
+        type=float,
+        help="guidance scale embedded into a guidance-distilled denoiser (HunyuanVideo; that pipeline's "
+        "guidance_scale; default: the model's, 6.0 for HunyuanVideo; refused for other models)",
+    )
     r.add_argument("--seed", type=int, help="noise seed (default: 0)")
     r.add_argument(
         "--model",
@@ -280,6 +286,7 @@ def spec_from_args(args: argparse.Namespace):
         "refine_steps",
         "guidance_scale",
         "guidance_scale_2",
+        "embedded_guidance_scale",
         "seed",
         "model",
         "scheduler",

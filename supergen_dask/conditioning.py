@@ -6,9 +6,15 @@ pixel size (the sketch's size for the sketch, the output size for refinement) an
 canvas like the upscaled sketch. Its canvas part (``ImageCondition.latents``) is stored like a
 stage's ``start``: one chunk per tile of the first step's grid, so a tile of any later step reads
 its window rolled exactly like its latents. Its global part (``ImageCondition.embeds``) is stored
-whole and every tile gets all of it. A condition that fixes cells (``ImageCondition.frozen``: Wan
-2.2 TI2V's first frame) is applied to each stepped tile as well. What the condition *is* (mask channels, first-frame latents,
-CLIP tokens) is the family's business, in ``pipelines``; nothing here names a family.
+whole and every tile gets all of it. Both carry checksums (``storage.checksums``), which readers
+check and resume checks (``supergen_dask.integrity``: a damaged condition is encoded again). A
+condition that fixes cells (``ImageCondition.frozen``: Wan 2.2 TI2V's first frame) is applied to
+each stepped tile as well. What the condition *is* (mask channels, first-frame latents, CLIP
+tokens) is the family's business, in ``pipelines``; nothing here names a family.
+
+Some families condition the prompt's encoding too (HunyuanVideo I2V's Llava sees the image;
+guidance-distilled models pack their embedded guidance scale with the prompt): ``prompt_options``
+is what the prompt task hands ``encode_prompt`` besides the prompts, as the model's info asks.
 
 Pure functions (``check_image``, ``file_digest``, ``read_image``, ``stage_image``, ``crop_tile``,
 ``blank_condition``) are separate from the task (``encode_image``) and the tile tasks' reader
@@ -35,6 +41,7 @@ __all__ = [
     "stage_image",
     "crop_tile",
     "blank_condition",
+    "prompt_options",
     "encode_image",
     "tile_image",
 ]
@@ -117,6 +124,21 @@ def blank_condition(info: ModelInfo, frames: int, h: int, w: int, device, batch:
     return ImageCondition(latents, embeds, info.image_frozen)
 
 
+def prompt_options(plan) -> dict:
+    """The keywords ``VideoBackend.encode_prompt`` takes for this render besides the prompts: the
+    image's pixels when the model's prompt encoder sees the image (checked against the planned
+    image's digest), the embedded guidance scale when the model has one."""
+    options: dict = {}
+    if plan.model.prompt_sees_image and plan.spec.image is not None:
+        path = plan.spec.image
+        if file_digest(path) != plan.image_sha256:
+            raise ImageFileError(f"{path!r}: the image changed since this render was planned")
+        options["image"] = read_image(path)
+    if plan.spec.embedded_guidance_scale is not None:
+        options["embedded_guidance_scale"] = plan.spec.embedded_guidance_scale
+    return options
+
+
 # -- tasks (thin wrappers over the store) ---------------------------------------------------------
 def encode_image(plan, url: str, instance: str, stage_name: str, *deps) -> dict:
     """Encode a stage's image condition once and write it to the store (tile chunks of the stage's
@@ -150,23 +172,27 @@ def encode_image(plan, url: str, instance: str, stage_name: str, *deps) -> dict:
         if cond.embeds is None or tuple(cond.embeds.shape) != want:
             got = None if cond.embeds is None else tuple(cond.embeds.shape)
             raise RuntimeError(f"{info.name}: encode_image gave embeddings of shape {got}, expected {want}")
-        store.array(f"{stage_name}/image_embeds")[...] = cond.embeds[0].float().cpu().numpy()
+        store.write_image_embeds(stage_name, cond.embeds[0].float().cpu().numpy())
     store.mark_task_done(task)
     return tasks._receipt("image", task, t0)
 
 
 def tile_image(store, plan, key, device, batch: int = 1) -> ImageCondition | None:
     """The image condition of tile ``key`` (``None`` for a text-to-video render), for a batch of
-    ``batch``: its window of the stage's stored condition, read at the step's shifted origin."""
+    ``batch``: its window of the stage's stored condition, read at the step's shifted origin.
+    The chunks read are checked against the checksums the image task recorded
+    (``ChunkCorruptError`` if one changed on disk; resume re-encodes the stage's condition)."""
     if plan.spec.image is None:
         return None
     st = plan.stage(key.stage)
     g = st.grid
     y0, x0 = st.origin(key)
-    window = store.read_region(key.stage, "image", None, y0, x0, g.tile_h, g.tile_w, verify=None)
+    # the tile's own chunk (or every chunk under the window, when the shifts have moved past it)
+    own = (key.row, key.col)
+    window = store.read_region(key.stage, "image", None, y0, x0, g.tile_h, g.tile_w, verify=own)
     embeds = None
     if plan.model.image_tokens:
-        embeds = store.array(f"{key.stage}/image_embeds")[...]
+        embeds = store.read_image_embeds(key.stage)
         if not np.isfinite(embeds).all():
             raise RuntimeError(f"{key.stage}/image_embeds is missing: redo task image_{key.stage}")
         embeds = torch.from_numpy(np.asarray(embeds, dtype=np.float32))[None].to(device)

@@ -63,6 +63,21 @@ def _has_checksums(store: RenderStore) -> bool:
     return "prompt_checksum" in store.root
 
 
+def _image_reads(store: RenderStore, stage: str) -> list:
+    """Checked reads of every chunk of a stage's image condition (canvas tiles, global embeddings)."""
+    layout = store.stage(stage)
+    reads = []
+    if layout.image_channels:
+        reads += [
+            lambda r=r, c=c: store.read_tile(stage, "image", None, r, c)
+            for r in range(layout.rows)
+            for c in range(layout.cols)
+        ]
+    if layout.image_tokens:
+        reads.append(lambda: store.read_image_embeds(stage))
+    return reads
+
+
 def _start_task(plan: RenderPlan, stage: str, row: int, col: int) -> str:
     """The task that wrote chunk (row, col) of a stage's input: refinement tiles encode their own
     start from the sketch (``start_<row>_<col>``); noise starts are one task."""
@@ -74,7 +89,8 @@ def _start_task(plan: RenderPlan, stage: str, row: int, col: int) -> str:
 # -- the chunks the remaining work reads ----------------------------------------------------------
 def _needed(plan: RenderPlan, store: RenderStore, video_exists: bool) -> set[tuple]:
     """Finished chunks that unfinished work will read, as ``("tile", stage, step, row, col)``,
-    ``("start", stage, row, col)``, ``("prompt",)`` and ``("decoded", region index)``."""
+    ``("start", stage, row, col)``, ``("image", stage)`` (a stage's whole image condition),
+    ``("prompt",)`` and ``("decoded", region index)``."""
     tasks = store.tasks_done()
     needed: set[tuple] = set()
     pending_tiles = False
@@ -86,6 +102,8 @@ def _needed(plan: RenderPlan, store: RenderStore, video_exists: bool) -> set[tup
                 if done[i, key.row, key.col]:
                     continue
                 pending_tiles = True
+                if plan.spec.image is not None and tasks.get(f"image_{st.name}"):
+                    needed.add(("image", st.name))
                 if step == st.first or anchored:
                     y0, x0 = st.origin(key)
                     cells = st.grid.covering(y0, x0, st.grid.tile_h, st.grid.tile_w, st.offset(st.first))
@@ -158,6 +176,12 @@ def _check(plan: RenderPlan, store: RenderStore, chunk: tuple, gone: dict | None
             if problem:
                 return problem
         return None
+    if kind == "image":
+        for read in _image_reads(store, chunk[1]):
+            problem = _problem(read)
+            if problem:
+                return problem
+        return None
     if kind == "prompt":
         return _problem(store.read_prompt_embeds)
     if kind == "decoded":
@@ -205,6 +229,8 @@ def _redo(plan: RenderPlan, store: RenderStore, chunk: tuple, gone: dict | None 
                 store.clear_task_done(free_task(stage, s))
     elif kind == "start":
         store.clear_task_done(_start_task(plan, *chunk[1:]))
+    elif kind == "image":  # the stage's condition is encoded again (deterministic: the same bytes)
+        store.clear_task_done(f"image_{chunk[1]}")
     elif kind == "prompt":
         store.clear_task_done("prompt")
     elif kind == "decoded":
@@ -290,6 +316,9 @@ def verify_store(store: RenderStore, plan: RenderPlan | None = None) -> VerifyRe
             if tasks.get(_start_task(plan, st.name, r, c)):
                 for name in start_arrays(layout):
                     run(("start", st.name, r, c), store.read_tile, st.name, name, None, r, c)
+        if tasks.get(f"image_{st.name}"):
+            for read in _image_reads(store, st.name):
+                run(("image", st.name), read)
     if tasks.get("prompt"):
         run(("prompt",), store.read_prompt_embeds)
     for index, reg in enumerate(plan.decode_regions()):

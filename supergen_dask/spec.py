@@ -276,6 +276,9 @@ class RenderSpec:
 
     ``guidance_scale_2`` is the second expert's scale of a two-expert model (Wan 2.2 A14B, below
     its boundary timestep); left open it is ``guidance_scale``, as in diffusers.
+    ``embedded_guidance_scale`` is the guidance scale a guidance-distilled model (HunyuanVideo)
+    takes as an input of its denoiser (that pipeline's ``guidance_scale``; ``guidance_scale`` here
+    is real classifier-free guidance for every family); left open it is the model's (6.0).
     ``refine_steps`` is SuperGen's k: the sketch is re-noised to step ``num_inference_steps - k``
     and refined with k tiled steps (k == num_inference_steps skips the sketch and refines pure
     noise); left open it is the model's ``default_refine_fraction`` of the schedule. Sizes are in
@@ -292,6 +295,7 @@ class RenderSpec:
     refine_steps: int | None = None
     guidance_scale: float | None = None
     guidance_scale_2: float | None = None
+    embedded_guidance_scale: float | None = None
     seed: int = 0
     model: str = "toy-wan"
     scheduler: str | None = None
@@ -335,6 +339,8 @@ class RenderSpec:
         and its Dask keys, so the same request on the same weights resumes the same render. The
         conditioning image counts by its content (sha256 of the file), not by its path."""
         spec = self.to_dict()
+        if spec["embedded_guidance_scale"] is None:  # renders of models without it keep their names
+            del spec["embedded_guidance_scale"]
         if self.image is not None:
             from supergen_dask.conditioning import file_digest
 
@@ -402,6 +408,17 @@ class RenderSpec:
                 f"model {info.name} has one denoiser (guidance_scale_2 is for Wan 2.2 A14B's second "
                 "expert); allowed: [None]",
             )
+        embedded = self.embedded_guidance_scale
+        if info.embedded_guidance is not None:  # a guidance-distilled model: the model's if not given
+            embedded = _check_number(
+                "embedded_guidance_scale", info.embedded_guidance if embedded is None else embedded, 0.0
+            )
+        elif embedded is not None:
+            raise SpecError(
+                "embedded_guidance_scale",
+                f"model {info.name} ({info.family}) takes no embedded guidance (it is for "
+                "guidance-distilled models such as HunyuanVideo; use guidance_scale); allowed: [None]",
+            )
         _check_int("seed", self.seed, 0, 2**63 - 1)
         if self.scheduler is not None:
             _check_choice("scheduler", self.scheduler, tuple(SCHEDULER_ALIASES))
@@ -454,6 +471,7 @@ class RenderSpec:
             refine_steps=k,
             guidance_scale=guidance,
             guidance_scale_2=guidance_2,
+            embedded_guidance_scale=embedded,
             fps=fps,
             cache=cache,
             image=image,

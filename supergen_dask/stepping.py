@@ -5,11 +5,17 @@ tile. For the supported schedulers the update is element-wise, so a task may upd
 if it has that region's slice of every per-element tensor the scheduler keeps between steps
 (UniPC's model-output history and last sample, for example). The scalar part of the state
 (step index, order warm-up, timestep history) is the same everywhere; a task rebuilds it by
-replaying the schedule on a one-element dummy sample, then swaps in its region's tensors.
+replaying the schedule on a one-element dummy sample, then swaps in its region's tensors. Each
+process keeps the replayed schedulers it built (a few kB each), so a task copies the one before
+its step instead of replaying every earlier step again (70 ms at step 49 of 50, measured on a
+CPU, against ~1 ms for the copy).
 """
 
 from __future__ import annotations
 
+import copy
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +105,36 @@ def state_slots(ref: SchedulerRef) -> dict[str, int]:
     return out
 
 
+_REPLAYED: OrderedDict[tuple[SchedulerRef, int, int], Any] = OrderedDict()
+_REPLAYED_MAX = 512  # schedulers kept per process, oldest dropped first (a 50-step render's: ~50)
+_REPLAYED_LOCK = threading.Lock()
+
+
+def replayed(ref: SchedulerRef, begin: int, index: int):
+    """A fresh scheduler as it stands before step ``index`` of a stage that began at ``begin``,
+    with one-element dummy history: a copy of the process's replay, continued from the nearest
+    earlier replay of the same stage when this one was never built."""
+    with _REPLAYED_LOCK:
+        start = next(
+            (j for j in range(index, begin - 1, -1) if (ref, begin, j) in _REPLAYED),
+            None,
+        )
+        sched = copy.deepcopy(_REPLAYED[(ref, begin, start)]) if start is not None else None
+    if sched is None:
+        start, sched = begin, ref.build()
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(begin)
+    dummy = torch.zeros(1, 1, 1, 1, 1)
+    for i in range(start, index):
+        sched.step(torch.zeros_like(dummy), sched.timesteps[i], dummy, return_dict=False)
+    if start != index:
+        with _REPLAYED_LOCK:
+            _REPLAYED[(ref, begin, index)] = copy.deepcopy(sched)
+            while len(_REPLAYED) > _REPLAYED_MAX:
+                _REPLAYED.popitem(last=False)
+    return sched
+
+
 class RegionStep:
     """The scheduler as it stands before step ``index`` of a stage that began at ``begin``.
 
@@ -113,12 +149,7 @@ class RegionStep:
         self.ref = ref
         self.index = index
         self.kinds = _STATE_ATTRS[ref.class_name]
-        sched = ref.build()
-        if hasattr(sched, "set_begin_index"):
-            sched.set_begin_index(begin)
-        dummy = torch.zeros(1, 1, 1, 1, 1)
-        for i in range(begin, index):
-            sched.step(torch.zeros_like(dummy), sched.timesteps[i], dummy, return_dict=False)
+        sched = replayed(ref, begin, index)
         self.scheduler = sched
         self.timestep = sched.timesteps[index]
 

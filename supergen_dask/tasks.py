@@ -18,7 +18,7 @@ import torch
 
 from supergen_dask import cache as region_cache
 from supergen_dask import worker_models
-from supergen_dask.conditioning import blank_condition, tile_image
+from supergen_dask.conditioning import blank_condition, prompt_options, tile_image
 from supergen_dask.geometry import TileKey
 from supergen_dask.noise import position_noise, window_noise
 from supergen_dask.plan import RenderPlan, StagePlan
@@ -117,7 +117,7 @@ def encode_prompt(plan: RenderPlan, url: str, instance: str, *deps) -> dict:
     if store.task_is_done("prompt"):
         return _receipt("prompt", "prompt", t0, skipped=True)
     backend = worker_models.get_backend(plan.spec.model, plan.spec.dtype)
-    pos, neg = backend.encode_prompt(plan.spec.prompt, plan.spec.negative_prompt)
+    pos, neg = backend.encode_prompt(plan.spec.prompt, plan.spec.negative_prompt, **prompt_options(plan))
     store.write_prompt_embeds(neg.numpy(), pos.numpy())
     store.mark_task_done("prompt")
     return _receipt("prompt", "prompt", t0)
@@ -463,7 +463,7 @@ def cache_step(
     if decision.compute:
         info = {"change": decision.change, "tau": decision.tau, "k": decision.k}
         return _run_on_gpu(
-            denoise_tile, plan, url, instance, key, session, run=run, priority=priority, decision=info
+            denoise_tile, key, (plan, url, instance, key, session), run=run, priority=priority, decision=info
         )
     x_prev, x_computed, o_computed = previous
     t_step0 = time.perf_counter()
@@ -488,14 +488,13 @@ def cache_step(
     return {"task": "hit", "name": name, **extra, "seconds": seconds}
 
 
-def _run_on_gpu(fn, *args, run: str, priority: int, **kwargs) -> dict:
-    """Submit ``fn`` from inside a task as a task holding a ``GPU`` slot, and wait for it with
-    this thread handed back to the worker (Dask's tasks-from-tasks)."""
+def _run_on_gpu(fn, key: TileKey, args: tuple, *, run: str, priority: int, **kwargs) -> dict:
+    """Submit ``fn(*args)`` for tile ``key`` from inside a task as a task holding a ``GPU`` slot,
+    and wait for it with this thread handed back to the worker (Dask's tasks-from-tasks)."""
     import uuid
 
     from distributed import get_client, rejoin, secede
 
-    key = args[3]  # the TileKey
     client = get_client()
     fut = client.submit(
         fn,

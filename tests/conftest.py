@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,20 @@ def client():
         yield c
 
 
+def _executing(dask_worker) -> int:
+    return dask_worker.state.executing_count
+
+
+def wait_idle(client: Client, timeout: float = 120) -> None:
+    """Until no worker thread runs a task, counting tasks a stopped render cancelled but whose
+    threads are still finishing (Dask cannot interrupt them; they may still write to the store)."""
+    deadline = time.time() + timeout
+    while sum(client.run(_executing).values()):
+        if time.time() > deadline:
+            raise TimeoutError("the workers are still running tasks")
+        time.sleep(0.05)
+
+
 def store_arrays(store_path: Path) -> dict[str, np.ndarray]:
     """Every data array of a render store (not the timing stats, which differ run to run)."""
     root = zarr.open_group(str(store_path), mode="r")
@@ -65,4 +80,12 @@ def assert_renders_identical(a: Path, b: Path) -> None:
     assert (a / "video.mp4").read_bytes() == (b / "video.mp4").read_bytes(), "video bytes differ"
 
 
-__all__ = ["TINY", "tiny_spec", "local_client", "store_arrays", "assert_renders_identical", "ShiftSettings"]
+__all__ = [
+    "TINY",
+    "tiny_spec",
+    "local_client",
+    "wait_idle",
+    "store_arrays",
+    "assert_renders_identical",
+    "ShiftSettings",
+]

@@ -284,17 +284,17 @@ def test_skewed_hits_are_balanced_by_dask(tmp_path, monkeypatch):
     # the whole stage: model calls spread evenly (busy time per worker within 10%) and the stage
     # takes at most 10% more than its model calls divided over the workers.
     t0 = min(r["started"] for r in stage2)
-    for r in sorted(stage2, key=lambda r: r["started"]):  # the timeline, shown when this fails
-        print(
-            r["task"], r["name"], r["worker"][-5:], round(r["started"] - t0, 2), round(r["finished"] - t0, 2)
-        )
+    timeline = "\n".join(  # shown when an assertion fails
+        f"{r['task']} {r['name']} {r['worker'][-5:]} {r['started'] - t0:.2f}-{r['finished'] - t0:.2f}"
+        for r in sorted(stage2, key=lambda r: r["started"])
+    )
     busy: dict[str, float] = {}
     for r in calls:
         busy[r["worker"]] = busy.get(r["worker"], 0.0) + r["seconds"]
-    assert len(busy) == 2 and max(busy.values()) <= 1.1 * min(busy.values()), busy
+    assert len(busy) == 2 and max(busy.values()) <= 1.1 * min(busy.values()), (busy, timeline)
     span = max(r["finished"] for r in stage2) - t0
     ideal = max(sum(busy.values()) / 2, max(r["seconds"] for r in calls))
-    assert span <= 1.1 * ideal, f"stage 2 took {span:.2f} s, ideal {ideal:.2f} s"
+    assert span <= 1.1 * ideal, f"stage 2 took {span:.2f} s, ideal {ideal:.2f} s\n{timeline}"
     # hits run beside model calls and never take as long as one
     assert max(r["seconds"] for r in hits) < seconds
 

@@ -3,6 +3,7 @@ latents stop a render; the pre-flight estimate matches the store a render create
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -273,3 +274,62 @@ def test_a_killed_session_is_marked_by_the_next_run(tmp_path, reference):
     statuses = [s["status"] for s in RenderStore.open(str(out / "render.zarr")).attrs["sessions"]]
     assert statuses == ["finished", "killed", "finished"]
     assert_renders_identical(reference, out)
+
+
+# -- image-to-video: the stored image condition ---------------------------------------------------
+@pytest.fixture(scope="module")
+def i2v_reference(tmp_path_factory, pclient) -> Path:
+    """A 2x2-tile Wan 2.1 I2V render (its condition: canvas chunks and CLIP image tokens)."""
+    from PIL import Image
+
+    from pipelines.wan import save_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("i2v")
+    model = save_tiny_pipeline(root / "wan-i2v", variant="2.1-i2v")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / "first.png")
+    spec = SPEC.replace(
+        model=str(model), image=str(root / "first.png"), num_inference_steps=3, refine_steps=2
+    )
+    import dask.config
+
+    # 2 cells of VAE context instead of 8 (at this size every region would decode the whole canvas)
+    with dask.config.set({"supergen.decode.margin": 2, "supergen.upscale.margin": 2}):
+        sd.render(spec, output_dir=root / "r", client=pclient, progress=False)
+    return root / "r"
+
+
+@pytest.mark.parametrize(
+    "chunk, where",
+    [
+        ("refine/image/c/0/0/0/1", r"refine/image tile \(0, 1\)"),
+        ("refine/image_embeds/c/0/0", "refine/image_embeds"),
+    ],
+    ids=["canvas-chunk", "embeddings"],
+)
+def test_damaged_image_condition_is_found_and_encoded_again_by_resume(
+    tmp_path, i2v_reference, pclient, chunk, where
+):
+    out = tmp_path / "r"
+    shutil.copytree(i2v_reference, out)
+    _rewind(out, "refine", 1)  # the last refinement step still to do: it reads the condition
+    _damage(out / "render.zarr" / chunk, "flip")
+    report = verify_render(out)
+    assert not report.ok and any(
+        re.search(f"corrupt chunk {where}: checksum mismatch", p) for p in report.problems
+    )
+    # a tile reading it gets an error naming the chunk, never the damaged values
+    store = RenderStore.open(str(out / "render.zarr"), mode="r")
+    plan = sd.load_plan(out)
+    from supergen_dask.conditioning import tile_image
+    from supergen_dask.geometry import TileKey
+
+    with pytest.raises(ChunkCorruptError, match=where):
+        tile_image(store, plan, TileKey("refine", plan.refine.steps[-1], 0, 1), "cpu")
+
+    result = sd.resume(out, client=pclient, progress=False)
+
+    redone = [r for r in result.receipts if r.get("name") == "image_refine"]
+    assert len(redone) == 1 and not redone[0].get("skipped")  # encoded again, once
+    assert verify_render(out).ok
+    assert_renders_identical(i2v_reference, out)

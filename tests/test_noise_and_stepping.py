@@ -79,6 +79,39 @@ def test_region_steps_equal_full_canvas_steps(cls, cfg):
         assert torch.equal(x_full, x_tiled), f"{cls} step {i}"
 
 
+@pytest.mark.parametrize("cls, cfg", SCHEDULERS[:3])
+def test_replays_kept_by_the_process_step_like_a_fresh_replay(cls, cfg):
+    """A region's scheduler comes from the process's kept replays (copied, continued from the
+    nearest earlier one) in any order of steps, and a region's tensors loaded into one copy never
+    reach the next: each steps exactly like a scheduler replayed from scratch."""
+    ref = SchedulerRef.create(cls, cfg, 12)
+    begin = 2
+    g = torch.Generator().manual_seed(1)
+    for i in (9, 4, 5, 11, 4, 2, 10):
+        fresh = ref.build()
+        if hasattr(fresh, "set_begin_index"):
+            fresh.set_begin_index(begin)
+        for j in range(begin, i):
+            fresh.step(torch.zeros(1, 1, 1, 1, 1), fresh.timesteps[j], torch.zeros(1, 1, 1, 1, 1))
+        step = RegionStep(ref, begin, i)
+        history = {
+            n: {k: torch.randn(1, 2, 3, 4, 5, generator=g) for k in slots}
+            for n, slots in step.present().items()
+        }
+        step.load(history)
+        oracle = RegionStep.__new__(RegionStep)
+        oracle.ref, oracle.index, oracle.kinds = ref, i, step.kinds
+        oracle.scheduler, oracle.timestep = fresh, fresh.timesteps[i]
+        oracle.load(history)
+        x, out = torch.randn(2, 1, 2, 3, 4, 5, generator=g)
+        assert step.timestep == oracle.timestep
+        a, a_state = step.step(out, x)
+        b, b_state = oracle.step(out, x)
+        assert torch.equal(a, b), (cls, i)
+        assert {n: sorted(d) for n, d in a_state.items()} == {n: sorted(d) for n, d in b_state.items()}
+        assert all(torch.equal(a_state[n][k], b_state[n][k]) for n in a_state for k in a_state[n])
+
+
 def test_multistep_history_is_required():
     ref = SchedulerRef.create("UniPCMultistepScheduler", FLOW_UNIPC, 8)
     assert state_slots(ref) == {"model_outputs": 2, "last_sample": 1}

@@ -20,9 +20,9 @@ from supergen_dask import worker_models
 
 pytestmark = pytest.mark.slow
 
-# Big enough (24 sketch + 20 x 16 tile tasks) that a kill lands inside stage 2.
+# Big enough (12 sketch + 10 x 9 tile tasks) that a kill lands inside stage 2.
 SPEC = tiny_spec(
-    prompt="a blue square moving left", height=256, width=256, num_inference_steps=24, refine_steps=20, seed=3
+    prompt="a blue square moving left", height=192, width=192, num_inference_steps=12, refine_steps=10, seed=3
 )
 CLI_ARGS = [
     "--model",
@@ -30,15 +30,15 @@ CLI_ARGS = [
     "--prompt",
     SPEC.prompt,
     "--height",
-    "256",
+    "192",
     "--width",
-    "256",
+    "192",
     "--num-frames",
     "9",
     "--num-inference-steps",
-    "24",
+    "12",
     "--refine-steps",
-    "20",
+    "10",
     "--guidance-scale",
     "5.0",
     "--seed",
@@ -86,6 +86,7 @@ def test_killed_job_resumes_bit_identical_without_recomputing(tmp_path, referenc
             str(out),
             "--workers",
             "2",
+            "--threads",  # the driver and its workers are one process: one SIGKILL stops them all
             "--no-progress",
         ],
         start_new_session=True,
@@ -96,7 +97,7 @@ def test_killed_job_resumes_bit_identical_without_recomputing(tmp_path, referenc
     try:
         _wait_for_stage2(out / "render.zarr", 0.2)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its worker processes, mid-stage-2
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, mid-stage-2
         proc.wait()
     store = RenderStore.open(str(out / "render.zarr"), mode="r")
     before = store.done_mask("refine")
@@ -105,7 +106,17 @@ def test_killed_job_resumes_bit_identical_without_recomputing(tmp_path, referenc
     assert store.attrs["sessions"][-1]["status"] == "running"  # killed, never finished
 
     resumed = subprocess.run(
-        [sys.executable, "-m", "supergen_dask.cli", "resume", str(out), "--workers", "2", "--no-progress"],
+        [
+            sys.executable,
+            "-m",
+            "supergen_dask.cli",
+            "resume",
+            str(out),
+            "--workers",
+            "2",
+            "--threads",
+            "--no-progress",
+        ],
         env=env,
         capture_output=True,
         text=True,
