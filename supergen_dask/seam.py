@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storage import StageLayout
 from supergen_dask.geometry import TileGrid, TileKey
 
 __all__ = ["SeamPlan", "seam_plan", "border_distance", "seam_weight"]
@@ -50,6 +49,15 @@ class SeamPlan:
         return (self.step,)
 
     @property
+    def timesteps(self) -> tuple[float, ...]:
+        return (self.timestep,)
+
+    @property
+    def offsets(self) -> tuple[tuple[int, int], ...]:
+        """The grid offset of each of ``steps`` (the layout's)."""
+        return (self.offset,)
+
+    @property
     def first(self) -> int:
         return self.step
 
@@ -66,24 +74,6 @@ class SeamPlan:
     def covering(self, step: int, y0: int, x0: int, h: int, w: int) -> list[TileKey]:
         """The seam windows a canvas window overlaps (``step`` is the pass's one step)."""
         return [TileKey(self.name, self.step, r, c) for r, c in self.grid.covering(y0, x0, h, w, self.offset)]
-
-    def layout(self, dtype: str) -> StageLayout:
-        g = self.grid
-        return StageLayout(
-            name=self.name,
-            frames=self.latent_frames,
-            channels=self.channels,
-            canvas_h=g.canvas_h,
-            canvas_w=g.canvas_w,
-            tile_h=g.tile_h,
-            tile_w=g.tile_w,
-            valid_h=g.valid_h,
-            valid_w=g.valid_w,
-            steps=(self.step,),
-            timesteps=(self.timestep,),
-            offsets=(self.offset,),
-            dtype=dtype,
-        )
 
     def weight(self, key: TileKey) -> np.ndarray:
         """``(tile_h, tile_w)`` weight of the seam prediction in ``key``'s window."""
