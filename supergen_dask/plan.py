@@ -509,7 +509,7 @@ def plan_render(spec: RenderSpec) -> RenderPlan:
         quality_frames=quality_frames(spec.height, spec.width),
         cache=spec.cache.policy(k, info.cache_threshold) if spec.cache.enabled else None,
         image_sha256=image_digest(spec.image),
-        seam=_seam_plan(refine) if spec.image is None else None,  # the pass has no image condition
+        seam=_seam_plan(refine, p) if spec.image is None else None,  # the pass has no image condition
     )
     from supergen_dask.estimate import check_limits
 
@@ -524,9 +524,10 @@ def image_digest(path: str | None) -> str:
     return "" if path is None else file_digest(path)
 
 
-def _seam_plan(refine: StagePlan) -> SeamPlan | None:
-    """``supergen_dask.seam.seam_plan`` with the ``seam.*`` settings."""
-    return seam_plan(refine, bool(config.get("seam.enabled")), float(config.get("seam.max-extra")))
+def _seam_plan(refine: StagePlan, patch: int) -> SeamPlan | None:
+    """``supergen_dask.seam.seam_plan`` with the ``seam.*`` settings, for a transformer with
+    spatial patches of ``patch`` latent cells."""
+    return seam_plan(refine, bool(config.get("seam.enabled")), float(config.get("seam.max-extra")), patch)
 
 
 def decode_blend() -> int | None:
