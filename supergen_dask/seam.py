@@ -1,4 +1,4 @@
-"""The seam pass: the last refinement step once more on a grid shifted by half a tile, blended in.
+"""The seam pass: the last refinement step again on a grid shifted by about half a tile, blended in.
 
 Shifting the grid between steps hides every step's tile borders under the next step's tiles,
 except the last step's: nothing comes after it, and its borders stay visible in the final video
