@@ -20,7 +20,30 @@ from supergen_dask.seam import SeamPlan, seam_plan
 from supergen_dask.spec import RenderSpec, SpecError
 from supergen_dask.stepping import SchedulerRef, check_tileable, state_slots
 
-__all__ = ["StagePlan", "RenderPlan", "plan_render", "sketch_latent_size", "decode_regions"]
+__all__ = ["StagePlan", "RenderPlan", "plan_render", "stage_layout", "sketch_latent_size", "decode_regions"]
+
+
+def stage_layout(stage: StagePlan | SeamPlan, dtype: str, **arrays: Any) -> StageLayout:
+    """The storage layout of a stage: its canvas, tiles, steps, timesteps and grid offsets from
+    ``stage`` (a ``StagePlan`` or the ``SeamPlan``), and ``arrays`` (state slots, retention, cache,
+    image condition: ``StageLayout``'s other fields) as given."""
+    g = stage.grid
+    return StageLayout(
+        name=stage.name,
+        frames=stage.latent_frames,
+        channels=stage.channels,
+        canvas_h=g.canvas_h,
+        canvas_w=g.canvas_w,
+        tile_h=g.tile_h,
+        tile_w=g.tile_w,
+        valid_h=g.valid_h,
+        valid_w=g.valid_w,
+        steps=tuple(stage.steps),
+        timesteps=tuple(stage.timesteps),
+        offsets=tuple(stage.offsets),
+        dtype=dtype,
+        **arrays,
+    )
 
 
 @dataclass(frozen=True)
@@ -53,6 +76,11 @@ class StagePlan:
     def offset(self, step: int) -> tuple[int, int]:
         """Grid offset of schedule step ``step`` (0 on the stage's first step)."""
         return self.shift.offset(step - self.first)
+
+    @property
+    def offsets(self) -> tuple[tuple[int, int], ...]:
+        """Grid offset of each of ``steps``."""
+        return tuple(self.offset(s) for s in self.steps)
 
     def keys(self, step: int) -> list[TileKey]:
         return [TileKey(self.name, step, r, c) for r, c in self.grid.tiles()]
@@ -90,22 +118,10 @@ class StagePlan:
         """The stage's arrays; ``image`` is the image condition's (channels, tokens, embed dim)."""
         from supergen_dask.retention import kept_steps
 
-        g = self.grid
-        return StageLayout(
-            name=self.name,
-            frames=self.latent_frames,
-            channels=self.channels,
-            canvas_h=g.canvas_h,
-            canvas_w=g.canvas_w,
-            tile_h=g.tile_h,
-            tile_w=g.tile_w,
-            valid_h=g.valid_h,
-            valid_w=g.valid_w,
-            steps=self.steps,
-            timesteps=self.timesteps,
-            offsets=tuple(self.offset(s) for s in self.steps),
+        return stage_layout(
+            self,
+            dtype,
             state_slots=tuple(sorted(slots.items())),
-            dtype=dtype,
             anchor=anchor,
             branches=2 if self.split_guidance else 0,
             cache=cache is not None,
@@ -314,7 +330,7 @@ class RenderPlan:
         sp = self.sketch_pixel_size
         return RenderLayout(
             stages=self.stage_layouts()
-            + (() if self.seam is None else (self.seam.layout(self.spec.output.store_dtype),)),
+            + (() if self.seam is None else (stage_layout(self.seam, self.spec.output.store_dtype),)),
             decode=DecodeLayout(
                 frames=self.pixel_frames,
                 scale=self.model.spatial_factor,
@@ -493,7 +509,7 @@ def plan_render(spec: RenderSpec) -> RenderPlan:
         quality_frames=quality_frames(spec.height, spec.width),
         cache=spec.cache.policy(k, info.cache_threshold) if spec.cache.enabled else None,
         image_sha256=image_digest(spec.image),
-        seam=_seam_plan(refine) if spec.image is None else None,  # the pass has no image condition
+        seam=_seam_plan(refine, p) if spec.image is None else None,  # the pass has no image condition
     )
     from supergen_dask.estimate import check_limits
 
@@ -508,9 +524,10 @@ def image_digest(path: str | None) -> str:
     return "" if path is None else file_digest(path)
 
 
-def _seam_plan(refine: StagePlan) -> SeamPlan | None:
-    """``supergen_dask.seam.seam_plan`` with the ``seam.*`` settings."""
-    return seam_plan(refine, bool(config.get("seam.enabled")), float(config.get("seam.max-extra")))
+def _seam_plan(refine: StagePlan, patch: int) -> SeamPlan | None:
+    """``supergen_dask.seam.seam_plan`` with the ``seam.*`` settings, for a transformer with
+    spatial patches of ``patch`` latent cells."""
+    return seam_plan(refine, bool(config.get("seam.enabled")), float(config.get("seam.max-extra")), patch)
 
 
 def decode_blend() -> int | None:

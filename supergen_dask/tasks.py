@@ -632,40 +632,49 @@ def combine_branches(plan: RenderPlan, url: str, instance: str, key: TileKey, se
     return {"task": "denoise", "name": name, **extra, "seconds": seconds}
 
 
+def seam_inputs(store, plan: RenderPlan, key: TileKey, device):
+    """What window ``key`` of the seam pass reads: the last refinement step's input there with the
+    scheduler as it stood before that step (``_tile_input``), and the step's own result."""
+    seam, rf = plan.seam, plan.refine
+    g = seam.grid
+    y0, x0 = seam.origin(key)
+    rkey = TileKey("refine", rf.last, key.row, key.col)
+    sample, region = _tile_input(store, plan, rkey, device, origin=(y0, x0))
+    last = _to_model(store.read_region("refine", "latents", rf.last, y0, x0, g.tile_h, g.tile_w), device)
+    return sample, region, last
+
+
+def seam_window(backend, plan: RenderPlan, key: TileKey, embeds, sample, region, last) -> torch.Tensor:
+    """The seam pass's result in window ``key`` of ``plan.seam`` (``supergen_dask.seam``; pure:
+    inputs in, latents out): the last refinement step again on this window, from ``seam_inputs``,
+    blended with the step's own result by the pass's weight. ``embeds`` is ``(negative, positive)``."""
+    seam = plan.seam
+    model_in = region.scale_model_input(sample)
+    t = region.timestep.to(backend.device)
+    noise_pred = predict_guided(backend, plan, model_in, t, embeds, seam.origin(key), seam.step)
+    new, _ = region.step(noise_pred.float(), sample)
+    check_finite(new, key, plan.guidance(seam.step), plan.spec.dtype)
+    w = torch.from_numpy(seam.weight(key)).to(backend.device)
+    return w * new + (1 - w) * last.to(new.dtype)
+
+
 def seam_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, session: int, *deps) -> dict:
-    """One window of the seam pass (``supergen_dask.seam``): the last refinement step again, from
-    its own input and scheduler history, on this window of the half-tile-shifted grid, blended
-    with the step's result and written as the window's chunk of the final latents."""
+    """One window of the seam pass (``seam_window``), written as the window's chunk of the final
+    latents."""
     t0, started = time.perf_counter(), time.time()
     store = _store(url, instance)
     name = f"{key.stage}/{key.step}/{key.row}/{key.col}"
     if store.is_done(key.stage, key.step, key.row, key.col):
         return _receipt("seam", name, t0, skipped=True)
-    seam, rf = plan.seam, plan.refine
-    g = seam.grid
     backend = worker_models.get_backend(plan.spec.model, plan.spec.dtype)
     backend.load_transformer()
     device = backend.device
-    y0, x0 = seam.origin(key)
     t_read0 = time.perf_counter()
-    rkey = TileKey("refine", rf.last, key.row, key.col)
-    sample, region = _tile_input(store, plan, rkey, device, origin=(y0, x0))
-    last = _to_model(store.read_region("refine", "latents", rf.last, y0, x0, g.tile_h, g.tile_w), device)
-    neg, pos = worker_models.prompt_embeds(store, device)
+    inputs = seam_inputs(store, plan, key, device)
+    embeds = worker_models.prompt_embeds(store, device)
     t_read = time.perf_counter() - t_read0
     t_fwd0 = time.perf_counter()
-    model_in = region.scale_model_input(sample)
-    t = region.timestep.to(device)
-    if plan.cfg:
-        out = backend.predict(torch.cat([model_in, model_in]), t.expand(2), torch.stack([neg, pos]), (y0, x0))
-        uncond, cond = out.chunk(2)
-        noise_pred = guided(uncond, cond, plan.spec.guidance_scale)
-    else:
-        noise_pred = backend.predict(model_in, t.expand(1), pos[None], (y0, x0))
-    new, _ = region.step(noise_pred.float(), sample)
-    check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype)
-    w = torch.from_numpy(seam.weight(key)).to(device)
-    blended = w * new + (1 - w) * last.to(new.dtype)
+    blended = seam_window(backend, plan, key, embeds, *inputs)
     _sync(device)
     stats = {"t0": t0, "started": started, "read_seconds": t_read}
     stats.update(forward_seconds=time.perf_counter() - t_fwd0, session=session, computed=1)

@@ -6,12 +6,14 @@ import dask.config
 import numpy as np
 import pytest
 from conftest import assert_renders_identical, local_client, tiny_spec
+from hypothesis import given
+from hypothesis import strategies as st
 
 import supergen_dask as sd
 from storage import RenderStore
 from supergen_dask.geometry import TileGrid
 from supergen_dask.plan import RenderPlan, plan_render
-from supergen_dask.seam import border_distance, seam_weight
+from supergen_dask.seam import border_distance, seam_shift, seam_weight
 
 
 def _grid():
@@ -38,6 +40,25 @@ def test_weight_takes_the_seam_pass_beside_the_last_grid_and_never_beside_its_ow
     np.testing.assert_array_equal(part, w[np.ix_(ys, xs)])
 
 
+@given(patch=st.integers(1, 4), patches=st.integers(1, 24), last=st.integers(0, 200))
+def test_each_grids_borders_lie_inside_a_patch_of_the_others_windows(patch, patches, last):
+    tile = patch * patches
+    shift = seam_shift(tile, patch)
+    assert 0 <= shift < tile and abs(shift - tile / 2) <= patch / 2  # about half a tile
+    seam = (last + shift) % tile
+    # where a border of one grid falls in the patches (counted from a window's corner) of the other
+    at_last, at_seam = (last - seam) % tile % patch, (seam - last) % tile % patch
+    if patch > 1:
+        assert at_last and at_seam  # never on a patch boundary
+    if patch % 2 == 0:
+        assert at_last == at_seam == patch // 2  # in the middle
+
+
+def test_seam_shift_refuses_a_tile_that_is_not_whole_patches():
+    with pytest.raises(ValueError, match="multiple of the patch"):
+        seam_shift(15, 2)
+
+
 def test_one_tile_axis_has_no_borders():
     assert np.isinf(border_distance(0, 8, 0, 8, 8, 1)).all()
 
@@ -46,8 +67,10 @@ def test_plan_has_a_seam_pass_when_it_costs_at_most_max_extra():
     plan = plan_render(tiny_spec(num_inference_steps=8, refine_steps=7))
     s, rf = plan.seam, plan.refine
     assert s is not None and s.step == rf.last and s.last_offset == rf.offset(rf.last)
+    p = plan.model.patch_spatial
     assert s.offset == tuple(
-        (o + t // 2) % t for o, t in zip(rf.offset(rf.last), (rf.grid.tile_h, rf.grid.tile_w), strict=True)
+        (o + seam_shift(t, p)) % t
+        for o, t in zip(rf.offset(rf.last), (rf.grid.tile_h, rf.grid.tile_w), strict=True)
     )
     assert plan.final is s and plan.n_tile_tasks() == 8 * 1 + 7 * 4 + 4
     assert RenderPlan.from_dict(plan.to_dict()) == plan
