@@ -20,6 +20,10 @@ from typing import TYPE_CHECKING
 
 from supergen_dask import config as _config  # noqa: F401  (registers the supergen dask.config defaults)
 
+# imported now (it imports nothing heavy): the function ``submit`` must shadow its module's name,
+# which importing the module later would otherwise bind on this package
+from supergen_dask.submit import RenderHandle, show_progress, submit
+
 # Public names and the module each lives in. They are imported on first use (PEP 562), so a
 # command such as ``supergen report`` or ``--help`` does not pay for torch, Zarr, xarray and
 # distributed before it needs them.
@@ -50,9 +54,6 @@ _LAZY = {
     "RenderSpec": "supergen_dask.spec",
     "ShiftSettings": "supergen_dask.spec",
     "SpecError": "supergen_dask.spec",
-    "RenderHandle": "supergen_dask.submit",
-    "show_progress": "supergen_dask.submit",
-    "submit": "supergen_dask.submit",
 }
 
 if TYPE_CHECKING:  # what a type checker and an IDE see: the same names, imported eagerly
@@ -80,7 +81,6 @@ if TYPE_CHECKING:  # what a type checker and an IDE see: the same names, importe
         ShiftSettings,
         SpecError,
     )
-    from supergen_dask.submit import RenderHandle, show_progress, submit
 
 
 def __getattr__(name: str):
