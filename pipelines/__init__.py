@@ -92,9 +92,9 @@ def _presets() -> dict[str, ModuleType]:
 
 def _shipped() -> dict[str, Path]:
     """Checkpoints that ship inside the package, by name."""
-    from pipelines.toy.model import weights_dir
-
-    toy = weights_dir()
+    # pipelines.toy.model.weights_dir(), without importing that module (and diffusers with it):
+    # planning, `supergen report` and `--help` read only the checkpoint's JSON files
+    toy = Path(__file__).with_name("toy") / "weights"
     return {"toy-wan": toy} if (toy / "model_index.json").is_file() else {}
 
 

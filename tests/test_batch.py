@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import signal
 import subprocess
@@ -76,9 +78,15 @@ def _batch_cmd(batch: Path, root: Path, *extra: str) -> list[str]:
 
 
 def _run_batch(batch: Path, root: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        _batch_cmd(batch, root, *extra), env=_env(), capture_output=True, text=True, timeout=900
-    )
+    """``supergen batch`` in this process (only the killed run below needs a process of its own):
+    its exit code and output."""
+    from supergen_dask.cli import main
+
+    argv = _batch_cmd(batch, root, *extra)[3:]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def _sha(path: Path) -> str:
@@ -172,8 +180,6 @@ def test_killed_batch_reruns_to_the_same_bytes_each_render_finished_once(tmp_pat
 
 
 def test_rerunning_a_finished_batch_does_no_model_work(tmp_path, client):
-    from conftest import local_client
-
     from supergen_dask import worker_models
     from supergen_dask.batch import run_batch
 
@@ -182,12 +188,14 @@ def test_rerunning_a_finished_batch_does_no_model_work(tmp_path, client):
     entries = resolve_entries(defaults, renders, tmp_path)
     first = run_batch(entries, client)
     assert [o.status for o in first] == ["finished", "finished"]
-    with local_client(1, processes=True) as fresh:  # fresh worker processes: nothing loaded yet
-        again = run_batch(resolve_entries(defaults, renders, tmp_path), fresh)
-        loads = fresh.run(worker_models.load_count)
+    # the workers are threads of this process: with its models dropped, any model work would load one
+    worker_models.clear()
+    before = worker_models.load_count()
+    again = run_batch(resolve_entries(defaults, renders, tmp_path), client)
+    loads = client.run(worker_models.load_count)
     assert [o.status for o in again] == ["skipped", "skipped"]
     assert all(o.tile_tasks_run == 0 and o.attempts == 0 for o in again)
-    assert loads and all(n == 0 for n in loads.values()), loads  # no model was loaded anywhere
+    assert loads and all(n == before for n in loads.values()), (before, loads)  # no model was loaded
     for e in entries:
         assert [s["status"] for s in _sessions(e.render_dir)] == ["finished"]  # no session started
     assert batch_exit_code(again) == 0

@@ -142,10 +142,35 @@ def test_lossless_video_matches_decoded_pixels(tmp_path, client):
     np.testing.assert_array_equal(frames, store.decoded_frames())
 
 
-def test_rerun_of_same_spec_recomputes_nothing(tmp_path, client):
+@pytest.fixture(scope="module")
+def default_render(tmp_path_factory, client):
+    """``tiny_spec()`` rendered once; tests that change the directory work on a copy."""
+    return sd.render(
+        tiny_spec(), output_dir=tmp_path_factory.mktemp("default") / "r", client=client, progress=False
+    )
+
+
+KEEP_ALL = sd.OutputSettings(keep_every=1, keep_history=True)
+
+
+@pytest.fixture(scope="module")
+def keep_all_render(tmp_path_factory, client):
+    """``tiny_spec()`` keeping every step and the scheduler history, rendered once."""
+    spec = tiny_spec(output=KEEP_ALL)
+    return sd.render(spec, output_dir=tmp_path_factory.mktemp("keep") / "r", client=client, progress=False)
+
+
+def _copy(render_dir, to):
+    import shutil
+
+    return shutil.copytree(render_dir, to)
+
+
+def test_rerun_of_same_spec_recomputes_nothing(tmp_path, client, default_render):
     spec = tiny_spec()
-    first = sd.render(spec, output_dir=tmp_path / "r", client=client, progress=False)
+    first = default_render
     assert first.summary()["tile_tasks_run"] == first.plan.n_tile_tasks()
+    _copy(first.render_dir, tmp_path / "r")
     again = sd.render(spec, output_dir=tmp_path / "r", client=client, progress=False)
     assert again.submitted == 0 and again.session == 2
     # a lost video is re-encoded from the stored pixels, nothing else reruns
@@ -156,19 +181,16 @@ def test_rerun_of_same_spec_recomputes_nothing(tmp_path, client):
     assert third.video_path.exists()
 
 
-def test_sketch_with_split_guidance_resumes_to_the_same_bytes(tmp_path, client):
+def test_sketch_with_split_guidance_resumes_to_the_same_bytes(tmp_path, client, keep_all_render):
     """The sketch's guidance branches are separate tasks and each step is finished by the next
     step's first branch: a render stopped with later sketch steps unfinished (their branch
     outputs possibly written) resumes to the bytes of an uninterrupted one."""
-    import shutil
-
     # every step kept: the stop is simulated by clearing markers (a real stop with retention:
     # test_retention.py)
-    spec = tiny_spec(output=sd.OutputSettings(keep_every=1, keep_history=True))
-    full = sd.render(spec, output_dir=tmp_path / "full", client=client, progress=False)
+    full = keep_all_render
     assert full.plan.sketch.split_guidance
     part = tmp_path / "part"
-    shutil.copytree(full.render_dir, part)
+    _copy(full.render_dir, part)
     store = RenderStore.open(str(part / "render.zarr"))
     store.array("sketch/done")[3:] = 0
     store.array("refine/done")[:] = 0
@@ -181,8 +203,8 @@ def test_sketch_with_split_guidance_resumes_to_the_same_bytes(tmp_path, client):
     assert_renders_identical(full.render_dir, part)
 
 
-def test_different_spec_in_same_dir_is_refused(tmp_path, client):
-    sd.render(tiny_spec(), output_dir=tmp_path / "r", client=client, progress=False)
+def test_different_spec_in_same_dir_is_refused(tmp_path, client, default_render):
+    _copy(default_render.render_dir, tmp_path / "r")
     before = (tmp_path / "r" / "video.mp4").read_bytes()
     with pytest.raises(sd.RenderExistsError, match="different render"):
         sd.render(tiny_spec(seed=8), output_dir=tmp_path / "r", client=client, progress=False)
@@ -224,8 +246,8 @@ def test_bad_specs_fail_before_writing(tmp_path, overrides, field):
     assert not out.exists()
 
 
-def test_stats_and_sessions_are_recorded(tmp_path, client):
-    result = sd.render(tiny_spec(), output_dir=tmp_path / "r", client=client, progress=False)
+def test_stats_and_sessions_are_recorded(default_render):
+    result = default_render
     store = RenderStore.open(str(result.store_path), mode="r")
     stats = store.tile_stats("refine")
     assert np.all(stats["session"] == 1)
@@ -242,8 +264,8 @@ def test_plan_is_pure_and_round_trips():
     assert again.layout() == plan.layout()
 
 
-def test_quality_is_measured_and_stored(tmp_path, client):
-    result = sd.render(tiny_spec(), output_dir=tmp_path / "r", client=client, progress=False)
+def test_quality_is_measured_and_stored(default_render):
+    result = default_render
     q = result.quality
     assert q is not None and q["frames"] == 9
     assert np.isfinite(q["seam_score_last"]) and np.isfinite(q["detail_gain"])
@@ -252,11 +274,10 @@ def test_quality_is_measured_and_stored(tmp_path, client):
     assert RenderStore.open(str(result.store_path), mode="r").attrs["quality"] == q
 
 
-def test_anchoring_changes_the_refinement(tmp_path, client):
-    keep = sd.OutputSettings(keep_every=1)  # the first refinement step is compared too
-    base = sd.render(tiny_spec(output=keep), output_dir=tmp_path / "a", client=client, progress=False)
+def test_anchoring_changes_the_refinement(tmp_path, client, keep_all_render):
+    base = keep_all_render  # every step kept: the first refinement step is compared too
     anchored = sd.render(
-        tiny_spec(anchor=sd.AnchorSettings(strength=0.8), output=keep),
+        tiny_spec(anchor=sd.AnchorSettings(strength=0.8), output=KEEP_ALL),
         output_dir=tmp_path / "b",
         client=client,
         progress=False,

@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -84,28 +83,15 @@ def test_report_opens_in_headless_chromium_and_shows_every_render(renders, tmp_p
     assert "cache_skip_rate" not in first  # no cache: every tile computed
 
 
-def test_report_command(renders, tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "supergen_dask.cli",
-            "report",
-            *map(str, renders),
-            "--out",
-            str(tmp_path / "r"),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stderr
+def test_report_command(renders, tmp_path, capsys):
+    from supergen_dask.cli import main  # the command, in this process
+
+    assert main(["report", *map(str, renders), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "index.html").exists() and (tmp_path / "r" / "report.json").exists()
-    bad = subprocess.run(
-        [sys.executable, "-m", "supergen_dask.cli", "report", str(tmp_path / "nope")],
-        capture_output=True,
-        text=True,
-    )
-    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "nope" in bad.stderr
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "nope" in err
 
 
 def test_cache_skip_rate_and_placement_from_tile_stats():

@@ -101,25 +101,27 @@ def test_render_by_address_on_worker_processes_equals_thread_cluster(tmp_path):
     with dask.config.set(CHANGED):
         plan = sd.plan_render(spec)
         assert (plan.encode_threads, plan.encode_segment_frames) == (1, 4)
-        with local_client(2, processes=False) as threads:
-            sd.render(spec, output_dir=tmp_path / "threads", client=threads, progress=False)
-        with address_cluster(tmp_path) as address, Client(address, timeout=30) as client:
-            client.wait_for_workers(2, timeout=120)
-            workers = client.scheduler_info()["workers"]
-            assert all(w["resources"] == {"GPU": 1} for w in workers.values())
+        with address_cluster(tmp_path) as address:
+            # the thread cluster's render runs while the worker processes start
+            with local_client(2, processes=False) as threads:
+                sd.render(spec, output_dir=tmp_path / "threads", client=threads, progress=False)
+            with Client(address, timeout=30) as client:
+                client.wait_for_workers(2, timeout=120)
+                workers = client.scheduler_info()["workers"]
+                assert all(w["resources"] == {"GPU": 1} for w in workers.values())
 
-            def _worker_setting():  # nested: pickled by value, the workers cannot import this file
-                import dask.config as cfg
+                def _worker_setting():  # nested: pickled by value, the workers cannot import this file
+                    import dask.config as cfg
 
-                import supergen_dask.config  # noqa: F401 - registers the supergen defaults
+                    import supergen_dask.config  # noqa: F401 - registers the supergen defaults
 
-                return cfg.get("supergen.encode.threads"), cfg.get("supergen.encode.segment-frames")
+                    return cfg.get("supergen.encode.threads"), cfg.get("supergen.encode.segment-frames")
 
-            # the driver's setting did not reach the worker processes...
-            assert set(client.run(_worker_setting).values()) == {(2, 16)}
-            pids = set(client.run(os.getpid).values())
-            assert os.getpid() not in pids and len(pids) == 2
-            result = sd.render(spec, output_dir=tmp_path / "address", client=client, progress=False)
+                # the driver's setting did not reach the worker processes...
+                assert set(client.run(_worker_setting).values()) == {(2, 16)}
+                pids = set(client.run(os.getpid).values())
+                assert os.getpid() not in pids and len(pids) == 2
+                result = sd.render(spec, output_dir=tmp_path / "address", client=client, progress=False)
     # ...and the bytes are the same: both ran the plan's settings
     assert len(result.plan.encode_segments()) == 3
     assert_renders_identical(tmp_path / "threads", tmp_path / "address")

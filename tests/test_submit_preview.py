@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from conftest import tiny_spec
@@ -104,28 +101,15 @@ def test_sketch_clip_waits_only_for_the_sketch(tmp_path):
     assert all(deps[f"start_{r}_{c}"] == ["upscale"] for r, c in plan.refine.grid.tiles())
 
 
-def test_preview_command_decodes_any_stored_step(handles, tmp_path):
+def test_preview_command_decodes_any_stored_step(handles, tmp_path, capsys):
+    from supergen_dask.cli import main  # the command, in this process (the session's models are loaded)
+
     h = handles[0][0]
     steps = stored_steps(h.render_dir)
     assert steps == list(h.plan.refine.steps)
     mid = steps[len(steps) // 2]
     png = tmp_path / "mid.png"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "supergen_dask.cli",
-            "preview",
-            str(h.render_dir),
-            "--step",
-            str(mid),
-            "--out",
-            str(png),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stderr
+    assert main(["preview", str(h.render_dir), "--step", str(mid), "--out", str(png)]) == 0
     pixels = h.preview(mid)
     assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), contact_sheet(pixels, 4))
     # the last step decodes to the video's size (whole-canvas decode; the video's is by regions)
@@ -134,29 +118,11 @@ def test_preview_command_decodes_any_stored_step(handles, tmp_path):
     assert h.preview(steps[-1]).shape == RenderStore.open(str(h.store_path), mode="r").decoded_frames().shape
     clip = tmp_path / "sketch-step.mp4"
     sk = h.plan.sketch.steps[0]
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "supergen_dask.cli",
-            "preview",
-            str(h.render_dir),
-            "--step",
-            str(sk),
-            "--stage",
-            "sketch",
-            "--out",
-            str(clip),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stderr
+    argv = ["preview", str(h.render_dir), "--step", str(sk), "--stage", "sketch", "--out", str(clip)]
+    assert main(argv) == 0
     assert probe_video(clip).frames == h.plan.spec.num_frames
-    bad = subprocess.run(
-        [sys.executable, "-m", "supergen_dask.cli", "preview", str(h.render_dir), "--step", "999"],
-        capture_output=True,
-        text=True,
-    )
-    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "999" in bad.stderr
-    assert len(bad.stderr.splitlines()) == 1
+    capsys.readouterr()
+    assert main(["preview", str(h.render_dir), "--step", "999"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "999" in err
+    assert len(err.splitlines()) == 1
