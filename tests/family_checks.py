@@ -115,3 +115,12 @@ def assert_tiled_render_matches_reference(result) -> None:
     for step, expected in zip(result.plan.refine.steps, ref, strict=True):
         got = torch.from_numpy(store.read_canvas("refine", "latents", step)).permute(1, 0, 2, 3)[None]
         assert torch.equal(got, expected), f"refine step {step} differs from the full-canvas reference"
+
+
+def small_margins():
+    """2 cells of VAE context for the upscale encodes and decode regions (8 by default, which at
+    these sizes makes every region decode the whole canvas): the VAE's context is a quality
+    setting the tiled tests do not check, and these renders spend most of their time in the VAE."""
+    import dask.config
+
+    return dask.config.set({"supergen.decode.margin": 2, "supergen.upscale.margin": 2})

@@ -9,6 +9,7 @@ from family_checks import (
     assert_tiled_render_matches_reference,
     collect_steps,
     native_spec,
+    small_margins,
     stored_steps,
 )
 
@@ -119,9 +120,9 @@ def test_three_x_render_is_bit_identical_on_one_and_three_workers(tmp_path, cog_
     spec = native_spec(cog_dir, steps=4, guidance=6.0, frames=9, size=(192, 192)).replace(
         refine_steps=3, shift=sd.ShiftSettings()
     )
-    with local_client(1) as c1:
+    with small_margins(), local_client(1) as c1:
         one = sd.render(spec, output_dir=tmp_path / "one", client=c1, progress=False)
-    with local_client(3) as c3:
+    with small_margins(), local_client(3) as c3:
         sd.render(spec, output_dir=tmp_path / "three", client=c3, progress=False)
     assert one.plan.refine.grid.n_tiles == 9
     assert_renders_identical(tmp_path / "one", tmp_path / "three")

@@ -13,6 +13,7 @@ from family_checks import (
     assert_tiled_render_matches_reference,
     collect_steps,
     native_spec,
+    small_margins,
     stored_steps,
 )
 
@@ -25,15 +26,6 @@ from supergen_dask.cli import build_parser, spec_from_args
 from supergen_dask.spec import SpecError
 
 NATIVE = 32
-
-
-def small_margins():
-    """2 cells of VAE context for the upscale encodes and decode regions (8 by default, which at
-    these sizes makes every region decode the whole canvas): the VAE's context is a quality
-    setting the tiled tests do not check, and these renders spend most of their time in the VAE."""
-    import dask.config
-
-    return dask.config.set({"supergen.decode.margin": 2, "supergen.upscale.margin": 2})
 
 
 @pytest.fixture(scope="module")
