@@ -30,7 +30,7 @@ import numpy as np
 
 from pipelines import model_info
 from pipelines.toy import Scene, render_scene
-from supergen_dask.graph import RenderResult, render_batch
+from supergen_dask.graph import RenderResult, cache_summary, render_batch
 from supergen_dask.metrics import object_mask, seam_score, temporal_flicker
 from supergen_dask.quality import prompted_colour, step_grid_lines
 from supergen_dask.spec import AnchorSettings, RenderSpec, ShiftSettings
@@ -158,8 +158,11 @@ def evaluate(
             "size": f"{spec.width}x{spec.height}",
             "refine_steps": plan.spec.refine_steps,
             "render_dir": str(result.render_dir),
+            "store_path": str(result.store_path),
             **q,
         }
+        if plan.cache is not None:
+            row["cache"] = cache_summary(result.open_store(), plan)
         if plan.refine.grid.n_tiles > 1:
             row.update(_clean_reference(plan.spec, plan, plan.pixel_frames))
         rows.append(row)
