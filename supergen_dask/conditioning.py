@@ -179,7 +179,8 @@ def encode_image(plan, url: str, instance: str, stage_name: str, *deps) -> dict:
 
 def tile_image(store, plan, key, device, batch: int = 1) -> ImageCondition | None:
     """The image condition of tile ``key`` (``None`` for a text-to-video render), for a batch of
-    ``batch``: its window of the stage's stored condition, read at the step's shifted origin.
+    ``batch``: its window of the stage's stored condition, read at the step's shifted origin (a
+    window of the seam pass reads the refinement stage's condition at the window's origin).
     The chunks read are checked against the checksums the image task recorded
     (``ChunkCorruptError`` if one changed on disk; resume re-encodes the stage's condition)."""
     if plan.spec.image is None:
@@ -187,17 +188,19 @@ def tile_image(store, plan, key, device, batch: int = 1) -> ImageCondition | Non
     st = plan.stage(key.stage)
     g = st.grid
     y0, x0 = st.origin(key)
+    # the seam pass re-runs the last refinement step on its windows: that stage's condition
+    stage = "refine" if key.stage == "seam" else key.stage
     # the tile's own chunk (or every chunk under the window, when the shifts have moved past it)
     own = (key.row, key.col)
-    window = store.read_region(key.stage, "image", None, y0, x0, g.tile_h, g.tile_w, verify=own)
+    window = store.read_region(stage, "image", None, y0, x0, g.tile_h, g.tile_w, verify=own)
     embeds = None
     if plan.model.image_tokens:
-        embeds = store.read_image_embeds(key.stage)
+        embeds = store.read_image_embeds(stage)
         if not np.isfinite(embeds).all():
-            raise RuntimeError(f"{key.stage}/image_embeds is missing: redo task image_{key.stage}")
+            raise RuntimeError(f"{stage}/image_embeds is missing: redo task image_{stage}")
         embeds = torch.from_numpy(np.asarray(embeds, dtype=np.float32))[None].to(device)
     if not np.isfinite(window).all():
-        raise RuntimeError(f"{key.stage}/image window {(y0, x0)} is missing: redo task image_{key.stage}")
+        raise RuntimeError(f"{stage}/image window {(y0, x0)} is missing: redo task image_{stage}")
     latents = (
         torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32)).to(device).permute(1, 0, 2, 3)[None]
     )

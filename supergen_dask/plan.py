@@ -509,7 +509,7 @@ def plan_render(spec: RenderSpec) -> RenderPlan:
         quality_frames=quality_frames(spec.height, spec.width),
         cache=spec.cache.policy(k, info.cache_threshold) if spec.cache.enabled else None,
         image_sha256=image_digest(spec.image),
-        seam=_seam_plan(refine, p) if spec.image is None else None,  # the pass has no image condition
+        seam=_seam_plan(refine, p),
     )
     from supergen_dask.estimate import check_limits
 

@@ -634,28 +634,34 @@ def combine_branches(plan: RenderPlan, url: str, instance: str, key: TileKey, se
 
 def seam_inputs(store, plan: RenderPlan, key: TileKey, device):
     """What window ``key`` of the seam pass reads: the last refinement step's input there with the
-    scheduler as it stood before that step (``_tile_input``), and the step's own result."""
+    scheduler as it stood before that step (``_tile_input``), the step's own result, and the
+    window's image condition (``None`` for text-to-video)."""
     seam, rf = plan.seam, plan.refine
     g = seam.grid
     y0, x0 = seam.origin(key)
     rkey = TileKey("refine", rf.last, key.row, key.col)
     sample, region = _tile_input(store, plan, rkey, device, origin=(y0, x0))
     last = _to_model(store.read_region("refine", "latents", rf.last, y0, x0, g.tile_h, g.tile_w), device)
-    return sample, region, last
+    image = tile_image(store, plan, key, device, batch=2 if plan.cfg else 1)
+    return sample, region, last, image
 
 
-def seam_window(backend, plan: RenderPlan, key: TileKey, embeds, sample, region, last) -> torch.Tensor:
+def seam_window(
+    backend, plan: RenderPlan, key: TileKey, embeds, sample, region, last, image=None
+) -> torch.Tensor:
     """The seam pass's result in window ``key`` of ``plan.seam`` (``supergen_dask.seam``; pure:
     inputs in, latents out): the last refinement step again on this window, from ``seam_inputs``,
-    blended with the step's own result by the pass's weight. ``embeds`` is ``(negative, positive)``."""
+    blended with the step's own result by the pass's weight. ``embeds`` is ``(negative, positive)``;
+    ``image`` the window's image condition (image-to-video), whose fixed cells stay fixed."""
     seam = plan.seam
     model_in = region.scale_model_input(sample)
     t = region.timestep.to(backend.device)
-    noise_pred = predict_guided(backend, plan, model_in, t, embeds, seam.origin(key), seam.step)
+    noise_pred = predict_guided(backend, plan, model_in, t, embeds, seam.origin(key), seam.step, image)
     new, _ = region.step(noise_pred.float(), sample)
     check_finite(new, key, plan.guidance(seam.step), plan.spec.dtype)
     w = torch.from_numpy(seam.weight(key)).to(backend.device)
-    return w * new + (1 - w) * last.to(new.dtype)
+    out = w * new + (1 - w) * last.to(new.dtype)
+    return image.freeze(out) if image is not None else out  # cells an image condition fixes
 
 
 def seam_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, session: int, *deps) -> dict:

@@ -409,3 +409,51 @@ def test_stopped_i2v_render_resumes_bit_identical(tmp_path, client, models, pict
     after = RenderStore.open(str(out / "render.zarr"), mode="r").tile_stats("refine")
     assert np.all(after["session"][before] == 1) and np.all(after["session"][~before] == 2)
     assert_renders_identical(reference.render_dir, out)
+
+
+# -- the seam pass over the last grid's borders ---------------------------------------------------
+@pytest.mark.parametrize("family", ["wan", "ltx"])  # a concatenated condition with CLIP tokens; frozen cells
+def test_i2v_seam_pass_windows_get_their_crop_of_the_image_condition(
+    tmp_path, client, models, picture, family
+):
+    from supergen_dask import tasks
+
+    size = SIZE_2X[family]
+    spec = _tiled_spec(models[family], picture, height=size, width=size)
+    with dask.config.set(
+        {"supergen.seam.max-extra": 1.0, "supergen.decode.margin": 2, "supergen.upscale.margin": 2}
+    ):
+        plan = plan_render(spec)
+        assert plan.seam is not None and plan.refine.grid.n_tiles == 4
+        result = sd.render(spec, output_dir=tmp_path / "r", client=client, progress=False)
+    store = RenderStore.open(str(result.store_path), mode="r")
+    assert store.done_mask("seam").all()
+    seam, g = plan.seam, plan.seam.grid
+    canvas = torch.from_numpy(store.read_canvas("refine", "image", None)).permute(1, 0, 2, 3)[None]
+    embeds = store.array("refine/image_embeds")[...][None] if plan.model.image_tokens else None
+    cond = ImageCondition(
+        canvas, None if embeds is None else torch.from_numpy(embeds), plan.model.image_frozen
+    )
+    backend = worker_models.get_backend(spec.model, spec.dtype)
+    prompt = tuple(torch.from_numpy(a) for a in store.read_prompt_embeds())
+    final = store.read_canvas("seam", "latents", seam.step)  # (F, C, H, W), un-rolled
+    oy, ox = seam.offset
+    rolled = np.roll(final, (-oy, -ox), (-2, -1))
+    for key in seam.keys():
+        sample, region, last, image = tasks.seam_inputs(store, plan, key, "cpu")
+        # the whole canvas's condition cropped at the window: what the window must have been given
+        want = cond.crop(*seam.origin(key), g.tile_h, g.tile_w).repeat(2)
+        torch.testing.assert_close(image.latents, want.latents, rtol=0, atol=0)
+        expected = tasks.seam_window(backend, plan, key, prompt, sample, region, last, want)
+        got = rolled[
+            ..., key.row * g.tile_h : (key.row + 1) * g.tile_h, key.col * g.tile_w : (key.col + 1) * g.tile_w
+        ]
+        np.testing.assert_array_equal(got, expected[0].permute(1, 0, 2, 3).numpy())
+        y0, x0 = seam.origin(key)
+        wrong = cond.crop(y0 + 1, x0 + 1, g.tile_h, g.tile_w).repeat(2)  # a crop one cell off
+        sample, region, last, _ = tasks.seam_inputs(store, plan, key, "cpu")  # a stepped region is spent
+        off = tasks.seam_window(backend, plan, key, prompt, sample, region, last, wrong)
+        assert not torch.equal(off, expected), "the window's result does not depend on its crop"
+    if plan.model.image_frozen:  # cells the condition fixes stay fixed through the pass
+        whole = torch.from_numpy(final).permute(1, 0, 2, 3)[None]
+        torch.testing.assert_close(cond.freeze(whole), whole, rtol=0, atol=0)
