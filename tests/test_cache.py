@@ -267,8 +267,8 @@ def test_skewed_hits_are_balanced_by_dask(tmp_path, monkeypatch):
     monkeypatch.setattr(tasks, "_decide", decide)
     from distributed import Client, LocalCluster
 
-    # two workers of two threads, one GPU slot each: how GPU workers are configured
-    # (``cluster.threads-per-gpu-worker``), so CPU work runs beside a model call
+    # two workers of two threads, one GPU slot each: as GPU workers are configured
+    # (``cluster.threads-per-gpu-worker``, 4 there), so CPU work runs beside a model call
     with (
         LocalCluster(n_workers=2, threads_per_worker=2, processes=False, resources={"GPU": 1}) as cluster,
         Client(cluster) as c,
