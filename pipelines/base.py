@@ -73,6 +73,9 @@ class ModelInfo:
     # the residual cache's default tau (``supergen_dask.cache``); residual magnitudes differ
     # between families, so thresholds do not transfer
     cache_threshold: float = 0.2
+    # whether a render uses the cache when its spec does not say: only where a sweep on this
+    # model measured that its threshold keeps the output (``scripts/cache_sweep.py``)
+    cache_enabled: bool = False
     # image-to-video (``supports_image``): the shape of ``encode_image``'s condition, known without
     # weights so a render's store can hold it: ``image_channels`` latent-canvas channels (0: none),
     # ``image_tokens`` x ``image_embed_dim`` global embeddings (0: none)
@@ -284,6 +287,7 @@ class FamilyDefaults:
     guidance_note: str = ""
     description: str = ""
     cache_threshold: float = 0.2
+    cache_enabled: bool = False
 
     def frame_rule(self) -> str:
         f, m, pad = self.temporal_factor, self.latent_frame_multiple, self.latent_pad_frames
@@ -305,6 +309,7 @@ class FamilyDefaults:
             "default_guidance",
             "default_refine_fraction",
             "cache_threshold",
+            "cache_enabled",
         )
         out: dict[str, Any] = {k: extra.get(k, getattr(self, k)) for k in keys}
         out["text_tokens"] = int(extra.get("max_sequence_length", self.text_tokens))

@@ -51,7 +51,7 @@ def _configs(taus, directions):
     from supergen_dask.evaluate import EvalConfig
     from supergen_dask.spec import CacheSettings
 
-    out = [EvalConfig("cache-off", {})]
+    out = [EvalConfig("cache-off", {"cache": CacheSettings(enabled=False)})]
     for d in directions:
         for tau in taus:
             name = f"cache@{tau:g}" + ("" if d == "variable" else f"-{d}")
@@ -206,7 +206,7 @@ def main(argv=None) -> int:
             group = prompts[g : g + args.group]
             refs: dict[tuple[str, float], np.ndarray] = {}
             for cfg in configs:
-                off = "cache" not in cfg.overrides
+                off = not cfg.overrides["cache"].enabled
                 # the uncached renders are every threshold's reference: finished ones resume at once
                 todo = [
                     (pr, sc) for pr in group for sc in args.scales if off or (pr, sc, cfg.name) not in done

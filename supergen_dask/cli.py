@@ -149,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--shift-every", type=int, help="shift every N steps (default: 1)")
     r.add_argument(
         "--cache",
-        help="region-aware residual cache: off (default), on (the model family's threshold) or a "
-        "threshold tau, e.g. 0.2 (see README: The residual cache)",
+        help="region-aware residual cache: off, on (the model's threshold) or a threshold tau, e.g. "
+        "0.2; default: the model's (on for the toy, off for checkpoints; `supergen models`)",
     )
     r.add_argument("--lossless", action="store_true", help="lossless RGB H.264 instead of yuv420p")
     r.add_argument("--crf", type=int, help="H.264 quality, 0-51 (default: 18)")
@@ -569,8 +569,10 @@ def _main(args: argparse.Namespace, where: dict[str, Any]) -> int:
 
         for name in available_models():
             info = model_info(name)
+            cache = f"cache {'on' if info.cache_enabled else 'off'} (tau {info.cache_threshold:g})"
             print(
-                f"{name}: native {info.native_width}x{info.native_height}, {info.native_frames} frames - {info.description}"
+                f"{name}: native {info.native_width}x{info.native_height}, {info.native_frames} frames, "
+                f"{cache} - {info.description}"
             )
         print("\nfamilies (--model /path/to/diffusers-directory; defaults a spec may override):")
         for name, d in families().items():
@@ -578,7 +580,8 @@ def _main(args: argparse.Namespace, where: dict[str, Any]) -> int:
             print(
                 f"{name}: {'/'.join(d.pipelines)}; native {d.native_width}x{d.native_height}, "
                 f"{d.native_frames} frames at {d.fps} fps (frames {d.frame_rule()}), {d.default_steps} steps, "
-                f"guidance {d.default_guidance:g}, k {d.default_refine_fraction:g}*steps{note}"
+                f"guidance {d.default_guidance:g}, k {d.default_refine_fraction:g}*steps, "
+                f"cache {'on' if d.cache_enabled else 'off'} (tau {d.cache_threshold:g}){note}"
             )
         return 0
     if args.command == "info":

@@ -149,15 +149,17 @@ class ShiftSettings:
 class CacheSettings:
     """Region-aware residual cache (SuperGen's accumulate-and-threshold rule, ``supergen_dask.cache``).
 
-    Off by default. ``threshold`` is tau (``None``: the model family's default; thresholds do not
-    transfer between families); the first ``warmup_steps`` refinement steps (``None``: a tenth of
+    ``enabled`` ``None`` takes the model's default: on only where a threshold sweep on that model
+    showed the fidelity holds (the shipped toy; ``supergen models`` lists each), off elsewhere.
+    ``threshold`` is tau (``None``: the model's default; thresholds do not transfer between
+    families); the first ``warmup_steps`` refinement steps (``None``: a tenth of
     them, at least 2) and the last step always run the model; after every ``region_interval``
     steps the most (``region_direction: variable``) or least (``static``) variable tiles get their
     threshold raised by ``region_alpha`` (the runner-up by half of it); ``max_skips`` caps a run
     of consecutive skips (``None``: no cap).
     """
 
-    enabled: bool = False
+    enabled: bool | None = None
     threshold: float | None = None
     warmup_steps: int | None = None
     region_alpha: float = 0.5
@@ -166,8 +168,8 @@ class CacheSettings:
     max_skips: int | None = None
 
     def validate(self) -> None:
-        if not isinstance(self.enabled, bool):
-            raise SpecError("cache.enabled", f"must be true or false, got {self.enabled!r}")
+        if self.enabled is not None and not isinstance(self.enabled, bool):
+            raise SpecError("cache.enabled", f"must be true, false or null, got {self.enabled!r}")
         if self.threshold is not None and _check_number("cache.threshold", self.threshold, 0.0) <= 0:
             raise SpecError("cache.threshold", "must be > 0")
         if self.warmup_steps is not None:
@@ -459,6 +461,8 @@ class RenderSpec:
                 "anchor.strength", "anchoring needs a sketch: set refine_steps < num_inference_steps"
             )
         cache = self.cache
+        if cache.enabled is None:  # the model's default, written out so the hash holds it
+            cache = dataclasses.replace(cache, enabled=info.cache_enabled)
         if cache.enabled:  # the family's tau and the schedule's warm-up, so the hash holds them
             policy = cache.policy(k, info.cache_threshold)
             cache = dataclasses.replace(cache, threshold=policy.threshold, warmup_steps=policy.warmup)

@@ -84,6 +84,30 @@ def test_region_scales_rank_by_variability_in_either_direction():
         rc.region_scales(m[:1], 0.5)
 
 
+def test_the_model_says_whether_the_cache_is_on_when_the_spec_does_not(capsys):
+    from pipelines import model_info
+    from supergen_dask.cli import main
+
+    toy = model_info("toy-wan")
+    assert toy.cache_enabled and toy.cache_threshold == 0.3  # measured: reports/cache-sweep.md
+    on = sd.plan_render(sd.RenderSpec(prompt="a red circle moving right"))
+    assert on.cache is not None and on.cache.threshold == 0.3
+    assert on.spec.cache.enabled is True  # written into the resolved spec: part of the hash
+    off = sd.plan_render(
+        sd.RenderSpec(prompt="a red circle moving right", cache=CacheSettings(enabled=False))
+    )
+    assert off.cache is None and off.token != on.token
+    assert sd.plan_render(tiny_spec()).cache is None  # no sweep on that model: off
+    # a spec file may leave it open (null) or say so
+    assert sd.RenderSpec.from_dict({"prompt": "x", "cache": {"enabled": None}}).resolved().cache.enabled
+    with pytest.raises(SpecError, match="cache.enabled"):
+        sd.plan_render(sd.RenderSpec(prompt="x", cache=CacheSettings(enabled="yes")))
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "toy-wan: native 64x64, 9 frames, cache on (tau 0.3)" in out
+    assert "tiny-random-wan: native 64x64, 9 frames, cache off (tau 0.2)" in out
+
+
 def test_update_points_and_which_ranking_applies():
     p = rc.CachePolicy(threshold=0.1, warmup=2, interval=5)
     assert rc.update_points(p, 20) == (4, 9, 14)
