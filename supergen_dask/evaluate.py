@@ -33,7 +33,7 @@ from pipelines.toy import Scene, render_scene
 from supergen_dask.graph import RenderResult, cache_summary, render_batch
 from supergen_dask.metrics import object_mask, seam_score, temporal_flicker
 from supergen_dask.quality import prompted_colour, step_grid_lines
-from supergen_dask.spec import AnchorSettings, RenderSpec, ShiftSettings
+from supergen_dask.spec import AnchorSettings, CacheSettings, RenderSpec, ShiftSettings
 
 __all__ = [
     "EvalConfig",
@@ -58,11 +58,17 @@ class EvalConfig:
 
 def standard_configs(steps: int, strengths=(0.6, 0.9), anchor: float = 0.5) -> list[EvalConfig]:
     """The comparison of the quality report; ``strengths`` are re-noise levels t (fractions of
-    the schedule refined with tiles), ``anchor`` the sketch-anchoring strength tried."""
+    the schedule refined with tiles), ``anchor`` the sketch-anchoring strength tried. The three
+    references (the model at its own size, the whole canvas, tiles without a sketch) run without
+    the residual cache, whatever the model's default: they stand for the model itself; the tiled
+    configurations run with the model's defaults."""
+    model_only = CacheSettings(enabled=False)
     out = [
-        EvalConfig("native", {"tile_policy": "whole", "refine_steps": steps}, native=True),
-        EvalConfig("direct", {"tile_policy": "whole", "refine_steps": steps}),
-        EvalConfig("tiles-no-sketch", {"refine_steps": steps}),
+        EvalConfig(
+            "native", {"tile_policy": "whole", "refine_steps": steps, "cache": model_only}, native=True
+        ),
+        EvalConfig("direct", {"tile_policy": "whole", "refine_steps": steps, "cache": model_only}),
+        EvalConfig("tiles-no-sketch", {"refine_steps": steps, "cache": model_only}),
     ]
     for t in strengths:
         k = max(1, round(t * steps))

@@ -28,6 +28,10 @@ def test_standard_configs_cover_the_comparison():
     ]
     k = {c.name: c.overrides.get("refine_steps") for c in standard_configs(20)}
     assert k["supergen@0.6"] == 12 and k["direct"] == 20
+    # the references are the model itself: no residual cache, even where the model's default has it
+    cache = {c.name: c.overrides.get("cache") for c in standard_configs(20)}
+    assert all(cache[n].enabled is False for n in ("native", "direct", "tiles-no-sketch"))
+    assert cache["supergen@0.6"] is None and cache["fixed-tiles@0.6"] is None  # the model's default
 
 
 def test_evaluate_writes_a_report(tmp_path, capsys):
