@@ -72,8 +72,8 @@ def _row(r: dict, tau, direction, seconds: float, batch: int, ref_frames) -> dic
         tau=tau,
         direction=direction,
         skip_rate=cache.get("skip_rate") or 0.0,
-        model_calls=cache.get("model_calls", r.get("refine_tiles")),
-        tile_steps=cache.get("tile_steps"),
+        model_calls=cache.get("model_calls", r["refine_tile_steps"]),  # uncached: every tile step
+        tile_steps=cache.get("tile_steps", r["refine_tile_steps"]),
         psnr=psnr,
         ssim=ssim,
         seam=r.get("seam_score_last"),

@@ -163,6 +163,7 @@ def evaluate(
             "config": cfg.name,
             "size": f"{spec.width}x{spec.height}",
             "refine_steps": plan.spec.refine_steps,
+            "refine_tile_steps": len(plan.refine.steps) * plan.refine.grid.n_tiles,
             "render_dir": str(result.render_dir),
             "store_path": str(result.store_path),
             **q,
