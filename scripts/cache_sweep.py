@@ -62,9 +62,9 @@ def _configs(taus, directions):
 
 
 def _row(r: dict, tau, direction, seconds: float, batch: int, ref_frames) -> dict:
+    """A render's row; ``ref_frames`` are its uncached render's (``None``: it is that render)."""
     cache = r.get("cache") or {}
-    frames = _frames(r["store_path"])
-    psnr, ssim = (math.inf, 1.0) if ref_frames is None else _fidelity(ref_frames, frames)
+    psnr, ssim = (math.inf, 1.0) if ref_frames is None else _fidelity(ref_frames, _frames(r["store_path"]))
     return dict(
         prompt=r["prompt"],
         scale=r["scale"],
@@ -157,12 +157,6 @@ def _read_rows(paths) -> list[dict]:
     return rows
 
 
-def _machine() -> dict:
-    from supergen_dask.evaluate import machine_info
-
-    return machine_info()
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prompts", type=int, default=20)
@@ -191,7 +185,7 @@ def main(argv=None) -> int:
     from pipelines import model_info
     from pipelines.toy import evaluation_prompts
     from supergen_dask.cluster import client_for
-    from supergen_dask.evaluate import evaluate
+    from supergen_dask.evaluate import evaluate, machine_info
 
     rows_path = out.parent / f"{out.name}.rows.jsonl"
     rows_path.parent.mkdir(parents=True, exist_ok=True)
@@ -199,7 +193,7 @@ def main(argv=None) -> int:
     prompts = evaluation_prompts(args.prompts, seed=args.seed)[args.first_prompt :]
     configs = _configs(args.taus, args.directions)
     steps = model_info(args.model).default_steps
-    settings.update(machine=_machine(), num_inference_steps=steps)
+    settings.update(machine=machine_info(), num_inference_steps=steps)
     t_start = time.perf_counter()
     with client_for(None, n_workers=args.workers, workers_per_gpu=args.workers_per_gpu) as client:
         for g in range(0, len(prompts), args.group):

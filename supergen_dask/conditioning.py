@@ -177,30 +177,28 @@ def encode_image(plan, url: str, instance: str, stage_name: str, *deps) -> dict:
     return tasks._receipt("image", task, t0)
 
 
-def tile_image(store, plan, key, device, batch: int = 1) -> ImageCondition | None:
+def tile_image(store, plan, key, device, batch: int = 1, origin=None) -> ImageCondition | None:
     """The image condition of tile ``key`` (``None`` for a text-to-video render), for a batch of
-    ``batch``: its window of the stage's stored condition, read at the step's shifted origin (a
-    window of the seam pass reads the refinement stage's condition at the window's origin).
+    ``batch``: its window of the stage's stored condition, read at the step's shifted origin, or
+    at ``origin`` (the seam pass: a window of the last refinement step's condition elsewhere).
     The chunks read are checked against the checksums the image task recorded
     (``ChunkCorruptError`` if one changed on disk; resume re-encodes the stage's condition)."""
     if plan.spec.image is None:
         return None
     st = plan.stage(key.stage)
     g = st.grid
-    y0, x0 = st.origin(key)
-    # the seam pass re-runs the last refinement step on its windows: that stage's condition
-    stage = "refine" if key.stage == "seam" else key.stage
+    y0, x0 = st.origin(key) if origin is None else origin
     # the tile's own chunk (or every chunk under the window, when the shifts have moved past it)
     own = (key.row, key.col)
-    window = store.read_region(stage, "image", None, y0, x0, g.tile_h, g.tile_w, verify=own)
+    window = store.read_region(key.stage, "image", None, y0, x0, g.tile_h, g.tile_w, verify=own)
     embeds = None
     if plan.model.image_tokens:
-        embeds = store.read_image_embeds(stage)
+        embeds = store.read_image_embeds(key.stage)
         if not np.isfinite(embeds).all():
-            raise RuntimeError(f"{stage}/image_embeds is missing: redo task image_{stage}")
+            raise RuntimeError(f"{key.stage}/image_embeds is missing: redo task image_{key.stage}")
         embeds = torch.from_numpy(np.asarray(embeds, dtype=np.float32))[None].to(device)
     if not np.isfinite(window).all():
-        raise RuntimeError(f"{stage}/image window {(y0, x0)} is missing: redo task image_{stage}")
+        raise RuntimeError(f"{key.stage}/image window {(y0, x0)} is missing: redo task image_{key.stage}")
     latents = (
         torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32)).to(device).permute(1, 0, 2, 3)[None]
     )

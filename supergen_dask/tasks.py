@@ -642,7 +642,7 @@ def seam_inputs(store, plan: RenderPlan, key: TileKey, device):
     rkey = TileKey("refine", rf.last, key.row, key.col)
     sample, region = _tile_input(store, plan, rkey, device, origin=(y0, x0))
     last = _to_model(store.read_region("refine", "latents", rf.last, y0, x0, g.tile_h, g.tile_w), device)
-    image = tile_image(store, plan, key, device, batch=2 if plan.cfg else 1)
+    image = tile_image(store, plan, rkey, device, batch=2 if plan.cfg else 1, origin=(y0, x0))
     return sample, region, last, image
 
 
