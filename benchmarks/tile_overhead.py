@@ -76,6 +76,13 @@ def main(argv=None) -> int:
     p.add_argument("--num-inference-steps", type=int, default=8)
     p.add_argument("--refine-steps", type=int, default=3)
     p.add_argument("--bare-reps", type=int, default=10)
+    p.add_argument(
+        "--gpu-slots",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="one render per value: tile tasks each worker runs at once (supergen.cluster.gpu-slots)",
+    )
     p.add_argument("--workdir", default=None)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -100,36 +107,12 @@ def main(argv=None) -> int:
     plan = sd.plan_render(spec)
     print(plan.summary(), flush=True)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="supergen-bench-"))
-    from distributed import Client
-
-    try:
-        cluster = sd.make_cluster()  # dask-cuda's LocalCUDACluster: one worker per GPU
-        cluster_kind = type(cluster).__name__
-    except Exception as exc:  # noqa: BLE001 - record why, then measure on a plain process worker
-        print(f"dask-cuda cluster failed ({exc!r}); using one LocalCluster process worker", flush=True)
-        cluster = sd.make_cluster(n_workers=1, processes=True, gpu=False)
-        cluster_kind = f"LocalCluster (dask-cuda failed: {exc!r})"
-    t0 = time.perf_counter()
-    with cluster, Client(cluster) as client:
-        result = sd.run_render(plan, workdir / "render", client, progress=False)
-        wall = time.perf_counter() - t0
-        peak = client.run(lambda: torch.cuda.max_memory_allocated() / 2**30)
-        workers = client.run(lambda: torch.cuda.get_device_name(0))
-    store = RenderStore.open(str(result.store_path), mode="r")
-    stats = store.tile_stats("refine")
-    sk = store.tile_stats("sketch") if plan.sketch is not None else None
-    done = store.done_mask("refine")
-    assert done.all()
-    n_tiles = int(done.size)
-    started, seconds = stats["started"].ravel(), stats["seconds"].ravel()
-    stage2_wall = float((started + seconds).max() - started.min())
-    by = {k: stats[k].ravel() for k in ("seconds", "read_seconds", "forward_seconds", "write_seconds")}
-    receipts = [
-        r
-        for r in result.receipts
-        if r.get("task") in ("upscale", "encode", "prompt", "init")
-        or str(r.get("task", "")).startswith("decode")
-    ]
+    runs, machine_extra = {}, {}
+    for slots in args.gpu_slots:
+        print(f"render with {slots} GPU slot(s) per worker", flush=True)
+        runs[str(slots)], machine_extra = _render_run(
+            sd, RenderStore, plan, workdir / f"render-{slots}", slots
+        )
 
     g = plan.refine.grid
     tile_shape = (plan.model.latent_channels, plan.latent_frames, g.tile_h, g.tile_w)
@@ -144,23 +127,25 @@ def main(argv=None) -> int:
     bare_med = statistics.median(bare)
     tokens = plan.latent_frames * (g.tile_h // 2) * (g.tile_w // 2)
     flops = 2 * wan_forward_flops(tokens)  # CFG: batch of two
-
-    def med(v):
-        return float(np.median(v))
+    for r in runs.values():
+        r["bare_forward_seconds_median"] = bare_med
+        r["ratio_task_to_bare"] = r["task_seconds_median"] / bare_med
+        r["ratio_stage2_per_tile_to_bare"] = r["stage2_seconds_per_tile"] / bare_med
+        # the device turn: the model call, the scheduler step and the copies back to the host
+        r["forward_in_task_vs_bare"] = r["task_forward_seconds_median"] / bare_med
 
     report = {
         "benchmark": "tile_overhead",
         "machine": {
             "gpu": torch.cuda.get_device_name(0),
             "gpu_count": torch.cuda.device_count(),
-            "worker_gpus": sorted(set(workers.values())),
-            "cluster": cluster_kind,
             "cpu_count": os.cpu_count(),
             "python": platform.python_version(),
             "torch": torch.__version__,
             "cuda": torch.version.cuda,
+            **machine_extra,
         },
-        "versions": store.attrs["versions"],
+        "versions": [r.pop("versions") for r in runs.values()][0],
         "render": {
             "model": args.model,
             "size": f"{args.width}x{args.height}",
@@ -172,32 +157,78 @@ def main(argv=None) -> int:
             "dtype": "bfloat16",
             "summary": plan.summary(),
         },
-        "results": {
-            "render_wall_seconds": round(wall, 3),
-            "refine_tile_tasks": n_tiles,
-            "task_seconds_median": med(by["seconds"]),
-            "task_read_seconds_median": med(by["read_seconds"]),
-            "task_forward_seconds_median": med(by["forward_seconds"]),
-            "task_write_seconds_median": med(by["write_seconds"]),
-            "stage2_wall_seconds": round(stage2_wall, 3),
-            "stage2_seconds_per_tile": stage2_wall / n_tiles,
-            "sketch_step_seconds_median": None if sk is None else med(sk["seconds"].ravel()),
+        "bare": {
             "bare_forward_seconds_median": bare_med,
             "bare_forward_seconds_all": bare,
-            "ratio_task_to_bare": med(by["seconds"]) / bare_med,
-            "ratio_stage2_per_tile_to_bare": stage2_wall / n_tiles / bare_med,
-            "forward_in_task_vs_bare": med(by["forward_seconds"]) / bare_med,
             "tflops_per_second_bare": flops / bare_med / 1e12,
-            "peak_gpu_memory_gib_per_worker": peak,
-            "other_tasks_seconds": {r.get("name"): round(r["seconds"], 3) for r in receipts},
         },
+        # one render per value of --gpu-slots (supergen.cluster.gpu-slots), keyed by it
+        "results": runs,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, sort_keys=True))
-    r = report["results"]
-    print(json.dumps({k: r[k] for k in r if k not in ("bare_forward_seconds_all",)}, indent=2))
+    print(json.dumps({"bare": {k: v for k, v in report["bare"].items() if k != "bare_forward_seconds_all"}}))
+    for slots, r in runs.items():
+        print(json.dumps({f"gpu_slots={slots}": r}, indent=2))
     return 0
+
+
+def _render_run(sd, RenderStore, plan, out_dir: Path, slots: int) -> tuple[dict, dict]:
+    """One render with ``slots`` GPU slots per worker, on a fresh cluster: per-tile timings from
+    the store, the stage-2 wall and each worker's peak GPU memory."""
+    import dask.config
+    from distributed import Client
+
+    with dask.config.set({"supergen.cluster.gpu-slots": slots}):
+        try:
+            cluster = sd.make_cluster()  # dask-cuda's LocalCUDACluster: one worker per GPU
+            cluster_kind = type(cluster).__name__
+        except Exception as exc:  # noqa: BLE001 - record why, then measure on a plain process worker
+            if slots != 1:
+                raise
+            print(f"dask-cuda cluster failed ({exc!r}); using one LocalCluster process worker", flush=True)
+            cluster = sd.make_cluster(n_workers=1, processes=True, gpu=False)
+            cluster_kind = f"LocalCluster (dask-cuda failed: {exc!r})"
+        t0 = time.perf_counter()
+        with cluster, Client(cluster) as client:
+            result = sd.run_render(plan, out_dir, client, progress=False)
+            wall = time.perf_counter() - t0
+            peak = client.run(lambda: torch.cuda.max_memory_allocated() / 2**30)
+            workers = client.run(lambda: torch.cuda.get_device_name(0))
+    store = RenderStore.open(str(result.store_path), mode="r")
+    stats = store.tile_stats("refine")
+    sk = store.tile_stats("sketch") if plan.sketch is not None else None
+    done = store.done_mask("refine")
+    assert done.all()
+    n_tiles = int(done.size)
+    started, seconds = stats["started"].ravel(), stats["seconds"].ravel()
+    stage2_wall = float((started + seconds).max() - started.min())
+    fields = ("seconds", "read_seconds", "wait_seconds", "forward_seconds", "write_seconds")
+    by = {k: stats[k].ravel() for k in fields if k in stats}
+    receipts = [
+        r
+        for r in result.receipts
+        if r.get("task") in ("upscale", "encode", "prompt", "init")
+        or str(r.get("task", "")).startswith("decode")
+    ]
+
+    def med(v):
+        return float(np.median(v))
+
+    run = {
+        "gpu_slots": slots,
+        "render_wall_seconds": round(wall, 3),
+        "refine_tile_tasks": n_tiles,
+        **{f"task_{k}_median": med(v) for k, v in by.items()},
+        "stage2_wall_seconds": round(stage2_wall, 3),
+        "stage2_seconds_per_tile": stage2_wall / n_tiles,
+        "sketch_step_seconds_median": None if sk is None else med(sk["seconds"].ravel()),
+        "peak_gpu_memory_gib_per_worker": peak,
+        "other_tasks_seconds": {r.get("name"): round(r["seconds"], 3) for r in receipts},
+        "versions": store.attrs["versions"],
+    }
+    return run, {"worker_gpus": sorted(set(workers.values())), "cluster": cluster_kind}
 
 
 if __name__ == "__main__":

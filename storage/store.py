@@ -60,6 +60,9 @@ STAT_FIELDS = (
     "cache_tau",
     "cache_skips",
     "pred_mean",
+    # seconds a tile task waited for its worker's device turn (supergen_dask.worker_models), between
+    # its reads and its model call; stores made before this field have no column for it
+    "wait_seconds",
 )
 
 _FORMAT = "supergen-render/1"

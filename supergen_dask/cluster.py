@@ -24,6 +24,7 @@ __all__ = [
     "make_cluster",
     "client_for",
     "visible_devices_for",
+    "gpu_worker_threads",
 ]
 
 
@@ -98,14 +99,15 @@ def make_cluster(
     if n_gpus and share > 1:
         return _shared_gpu_cluster(n_workers or n_gpus * share, n_gpus, web)
     if n_gpus:
+        threads, slots = gpu_worker_threads()
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError as exc:  # pragma: no cover - GPU path
             raise RuntimeError("GPU workers need dask-cuda: pip install 'supergen-dask[gpu]'") from exc
         return LocalCUDACluster(
             n_workers=n_workers or config.get("cluster.n-workers") or n_gpus,
-            threads_per_worker=int(config.get("cluster.threads-per-gpu-worker") or 1),
-            resources={"GPU": 1},
+            threads_per_worker=threads,
+            resources={"GPU": slots},
             device_memory_limit=0,
             memory_limit=0,
             host="127.0.0.1",
@@ -125,6 +127,26 @@ def make_cluster(
         **web,
         **network,
     )
+
+
+def gpu_worker_threads() -> tuple[int, int]:
+    """``(threads, GPU slots)`` of each dask-cuda worker (``supergen.cluster.threads-per-gpu-worker``
+    and ``gpu-slots``); ``ValueError`` naming the setting when they cannot work together."""
+    values = {}
+    for name in ("threads-per-gpu-worker", "gpu-slots"):
+        value = config.get(f"cluster.{name}")
+        if value is None:
+            value = 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"supergen.cluster.{name} must be an integer >= 1, got {value!r}")
+        values[name] = value
+    threads, slots = values["threads-per-gpu-worker"], values["gpu-slots"]
+    if slots > threads:
+        raise ValueError(
+            f"supergen.cluster.gpu-slots ({slots}) is more than threads-per-gpu-worker ({threads}): "
+            "each tile task a worker runs at once needs a thread"
+        )
+    return threads, slots
 
 
 def visible_devices_for(index: int, n_gpus: int) -> str:

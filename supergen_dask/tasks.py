@@ -170,8 +170,9 @@ def warm_worker(plan: RenderPlan, url: str, instance: str, *deps) -> dict:
         if plan.spec.image
         else None
     )
-    backend.predict(x, torch.full((1,), float(st.timesteps[0]), device=backend.device), emb, image=image)
-    _sync(backend.device)
+    with worker_models.device_turn():
+        backend.predict(x, torch.full((1,), float(st.timesteps[0]), device=backend.device), emb, image=image)
+        _sync(backend.device)
     return _receipt("warm", "warm", t0, gpu=worker_models.gpu_identity())
 
 
@@ -277,26 +278,31 @@ def _tile_input(store, plan: RenderPlan, key: TileKey, device, with_state: bool 
     return sample, region
 
 
-def _finish_tile(
-    store, plan: RenderPlan, key: TileKey, new, new_state, stats: dict, chunks: dict | None = None
-) -> tuple[float, dict]:
-    """Write a stepped tile's latents and scheduler history (and any other ``chunks`` of it, by
-    array name, in model layout with leading axes), then its done marker (last)."""
+def _host_outputs(plan: RenderPlan, key: TileKey, new, new_state, chunks: dict | None = None) -> dict:
+    """A stepped tile's arrays as the store takes them, on the host, by array name: any other
+    ``chunks`` (model layout with leading axes), the scheduler history, then the latents. Called
+    inside the task's device turn (``worker_models.device_turn``)."""
     st = plan.stage(key.stage)
     g = st.grid
-    t_write0 = time.perf_counter()
+    dtype = plan.spec.output.store_dtype
+    out = {}
     for aname, value in (chunks or {}).items():
-        data = value[:, 0].permute(0, 2, 1, 3, 4).float().cpu().numpy()  # (n, F, C, h, w)
-        store.write_tile(key.stage, aname, key.step, key.row, key.col, data)
-    slots, dtype = plan.state_slots, plan.spec.output.store_dtype
+        out[aname] = value[:, 0].permute(0, 2, 1, 3, 4).float().cpu().numpy()  # (n, F, C, h, w)
+    slots = plan.state_slots
     for sname, values in new_state.items():
         arr = np.full((slots[sname], st.latent_frames, st.channels, g.tile_h, g.tile_w), np.nan, dtype=dtype)
         for s, v in values.items():
             arr[s] = _to_store(v, dtype)
-        store.write_tile(key.stage, f"state_{sname}", key.step, key.row, key.col, arr)
-    store.write_tile(
-        key.stage, "latents", key.step, key.row, key.col, _to_store(new, plan.spec.output.store_dtype)
-    )
+        out[f"state_{sname}"] = arr
+    out["latents"] = _to_store(new, dtype)
+    return out
+
+
+def _finish_tile(store, plan: RenderPlan, key: TileKey, outputs: dict, stats: dict) -> tuple[float, dict]:
+    """Write a stepped tile's host ``outputs`` (``_host_outputs``), then its done marker (last)."""
+    t_write0 = time.perf_counter()
+    for aname, data in outputs.items():
+        store.write_tile(key.stage, aname, key.step, key.row, key.col, data)
     stats["write_seconds"] = time.perf_counter() - t_write0
     stats["seconds"] = time.perf_counter() - stats.pop("t0")
     worker, gpu = worker_name(), worker_models.gpu_identity()
@@ -357,26 +363,27 @@ def denoise_tile(
     image = tile_image(store, plan, key, device, batch=2 if plan.cfg else 1)
     t_read = time.perf_counter() - t_read0
 
-    t_fwd0 = time.perf_counter()
-    model_in = region.scale_model_input(sample)
-    t = region.timestep.to(device)
-    noise_pred = predict_guided(backend, plan, model_in, t, embeds, st.origin(key), key.step, image)
-    new, new_state = region.step(noise_pred.float(), sample)
-    new = image.freeze(new) if image is not None else new  # cells an image condition fixes
-    check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype, plan.spec.output.store_dtype)
-    extra_chunks, cache_stats = {}, {}
-    if cached:
-        # only written here: the next step's decision (a CPU task) reads it and measures the gain,
-        # so a model call pays no cache reads
-        noise_pred = noise_pred.float()
-        extra_chunks["cache"] = torch.stack([sample, sample, noise_pred])
-        k = (decision or {}).get("k", math.nan)
-        cache_stats = _cache_stats(decision, k=k, acc=0.0, skips=0, pred=noise_pred)
-    _sync(device)
-    t_fwd = time.perf_counter() - t_fwd0
-    stats = {"t0": t0, "started": started, "read_seconds": t_read, "forward_seconds": t_fwd}
-    stats.update(session=session, computed=1, **cache_stats)
-    seconds, extra = _finish_tile(store, plan, key, new, new_state, stats, extra_chunks)
+    with worker_models.device_turn() as waited:
+        t_fwd0 = time.perf_counter()
+        model_in = region.scale_model_input(sample)
+        t = region.timestep.to(device)
+        noise_pred = predict_guided(backend, plan, model_in, t, embeds, st.origin(key), key.step, image)
+        new, new_state = region.step(noise_pred.float(), sample)
+        new = image.freeze(new) if image is not None else new  # cells an image condition fixes
+        check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype, plan.spec.output.store_dtype)
+        extra_chunks, cache_stats = {}, {}
+        if cached:
+            # only written here: the next step's decision (a CPU task) reads it and measures the
+            # gain, so a model call pays no cache reads
+            noise_pred = noise_pred.float()
+            extra_chunks["cache"] = torch.stack([sample, sample, noise_pred])
+            k = (decision or {}).get("k", math.nan)
+            cache_stats = _cache_stats(decision, k=k, acc=0.0, skips=0, pred=noise_pred)
+        outputs = _host_outputs(plan, key, new, new_state, extra_chunks)
+        t_fwd = time.perf_counter() - t_fwd0
+    stats = {"t0": t0, "started": started, "read_seconds": t_read, "wait_seconds": waited}
+    stats.update(forward_seconds=t_fwd, session=session, computed=1, **cache_stats)
+    seconds, extra = _finish_tile(store, plan, key, outputs, stats)
     return {"task": "denoise", "name": name, **extra, "seconds": seconds}
 
 
@@ -484,7 +491,8 @@ def cache_step(
         )
     )
     chunks = {"cache": torch.stack([sample, x_computed, o_computed])}
-    seconds, extra = _finish_tile(store, plan, key, new, new_state, stats, chunks)
+    outputs = _host_outputs(plan, key, new, new_state, chunks)
+    seconds, extra = _finish_tile(store, plan, key, outputs, stats)
     return {"task": "hit", "name": name, **extra, "seconds": seconds}
 
 
@@ -597,16 +605,18 @@ def predict_branch(
             pending = (new, new_state, stats)
     embeds = worker_models.prompt_embeds(store, device)[branch]
     image = tile_image(store, plan, key, device)
-    t_fwd0 = time.perf_counter()
-    model_in = region.scale_model_input(sample)
-    t = region.timestep.to(device).expand(1)
-    out = backend.predict(model_in, t, embeds[None], st.origin(key), image=image)
     finished = {}
-    if pending is not None:  # written while the GPU computes (kernels run asynchronously)
-        _finish_tile(store, plan, prev, *pending)
-        finished = {"finished_step": f"{prev.stage}/{prev.step}/{prev.row}/{prev.col}"}
-    prediction = _to_store(out, "float32")
-    t_fwd = time.perf_counter() - t_fwd0
+    with worker_models.device_turn() as waited:
+        t_fwd0 = time.perf_counter()
+        model_in = region.scale_model_input(sample)
+        t = region.timestep.to(device).expand(1)
+        out = backend.predict(model_in, t, embeds[None], st.origin(key), image=image)
+        if pending is not None:  # written while the GPU computes (kernels run asynchronously)
+            prev_new, prev_state, prev_stats = pending
+            _finish_tile(store, plan, prev, _host_outputs(plan, prev, prev_new, prev_state), prev_stats)
+            finished = {"finished_step": f"{prev.stage}/{prev.step}/{prev.row}/{prev.col}"}
+        prediction = _to_store(out, "float32")
+        t_fwd = time.perf_counter() - t_fwd0
     store.write_tile(key.stage, "prediction", key.step, key.row, key.col, prediction, sub=(branch,))
     return _receipt(
         "predict",
@@ -614,6 +624,7 @@ def predict_branch(
         t0,
         started=started,
         forward_seconds=t_fwd,
+        wait_seconds=waited,
         gpu=worker_models.gpu_identity(),
         **finished,
     )
@@ -628,7 +639,7 @@ def combine_branches(plan: RenderPlan, url: str, instance: str, key: TileKey, se
     if store.is_done(key.stage, key.step, key.row, key.col):
         return _receipt("denoise", name, t0, skipped=True)
     new, new_state, stats = _combined_step(store, plan, key, session, t0, started)
-    seconds, extra = _finish_tile(store, plan, key, new, new_state, stats)
+    seconds, extra = _finish_tile(store, plan, key, _host_outputs(plan, key, new, new_state), stats)
     return {"task": "denoise", "name": name, **extra, "seconds": seconds}
 
 
@@ -679,12 +690,14 @@ def seam_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, session: 
     inputs = seam_inputs(store, plan, key, device)
     embeds = worker_models.prompt_embeds(store, device)
     t_read = time.perf_counter() - t_read0
-    t_fwd0 = time.perf_counter()
-    blended = seam_window(backend, plan, key, embeds, *inputs)
-    _sync(device)
-    stats = {"t0": t0, "started": started, "read_seconds": t_read}
-    stats.update(forward_seconds=time.perf_counter() - t_fwd0, session=session, computed=1)
-    seconds, extra = _finish_tile(store, plan, key, blended, {}, stats)
+    with worker_models.device_turn() as waited:
+        t_fwd0 = time.perf_counter()
+        blended = seam_window(backend, plan, key, embeds, *inputs)
+        outputs = _host_outputs(plan, key, blended, {})
+        t_fwd = time.perf_counter() - t_fwd0
+    stats = {"t0": t0, "started": started, "read_seconds": t_read, "wait_seconds": waited}
+    stats.update(forward_seconds=t_fwd, session=session, computed=1)
+    seconds, extra = _finish_tile(store, plan, key, outputs, stats)
     return {"task": "seam", "name": name, **extra, "seconds": seconds}
 
 

@@ -7,21 +7,32 @@ by reference to their module, so the cache below lives once per process. A cache
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 
 import torch
 
 from pipelines import VideoBackend, load_backend
 from supergen_dask import config
 
-__all__ = ["worker_device", "gpu_identity", "get_backend", "prompt_embeds", "load_count", "clear"]
+__all__ = [
+    "worker_device",
+    "gpu_identity",
+    "get_backend",
+    "prompt_embeds",
+    "device_turn",
+    "load_count",
+    "clear",
+]
 
 _LOCK = threading.Lock()
 _BACKENDS: dict[tuple[str, str, str], VideoBackend] = {}
 _EMBEDS: dict[tuple[str, str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 _LOADS: list[tuple[str, float]] = []
 _MAX_EMBEDS = 16
+_TURNS: dict[str, threading.Lock] = {}
 _THREADS_SET = False
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -88,6 +99,32 @@ def prompt_embeds(store, device: torch.device | str) -> tuple[torch.Tensor, torc
             while len(_EMBEDS) > _MAX_EMBEDS:  # a long batch must not pile up embeddings on the GPU
                 _EMBEDS.pop(next(iter(_EMBEDS)))
     return cached
+
+
+def _worker_address() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return "local"
+
+
+@contextlib.contextmanager
+def device_turn() -> Iterator[float]:
+    """This worker's turn on its device, for a task's model call and the copies of its results
+    back to the host; yields the seconds it waited for the turn.
+
+    A GPU worker may run several tile tasks at once (``supergen.cluster.gpu-slots``): while one
+    holds the turn and computes, the others read their inputs or write their outputs. Model calls
+    take turns, so a card never holds two forwards' activations; the results are copied to the
+    host inside the turn, because a copy issued after it would queue on the card's stream behind
+    the next task's kernels. One lock per worker (threads-mode clusters run several workers in
+    one process, each with its own device share)."""
+    lock = _TURNS.setdefault(_worker_address(), threading.Lock())  # setdefault is atomic
+    t0 = time.perf_counter()
+    with lock:
+        yield time.perf_counter() - t0
 
 
 def load_count() -> int:

@@ -209,3 +209,26 @@ def test_cache_on_two_gpus_skips_balances_and_agrees_with_one(tmp_path):
     a, b = store_arrays(one.store_path), store_arrays(two.store_path)
     worst = max(float(np.nanmax(np.abs(a[k].astype(np.float64) - b[k]))) for k in a if a[k].dtype.kind == "f")
     assert worst <= 1e-2, worst
+
+
+def test_two_gpu_slots_take_turns_on_the_card_and_give_the_same_bytes(tmp_path):
+    """``supergen.cluster.gpu-slots: 2``: one dask-cuda worker runs two tile tasks at once, their
+    model calls take turns on the card (never two at once), and the bytes are those of one slot."""
+    import dask.config
+
+    spec = _spec(height=256, width=256)
+    one = _render(spec, tmp_path / "one", 1)
+    with dask.config.set({"supergen.cluster.gpu-slots": 2}):
+        stack = _CLIENTS["stack"]
+        cluster = stack.enter_context(make_cluster(n_workers=1))
+        client = stack.enter_context(Client(cluster))
+    (resources,) = [w["resources"] for w in client.scheduler_info()["workers"].values()]
+    assert resources == {"GPU": 2}
+    two = sd.render(spec, output_dir=tmp_path / "two", client=client, progress=False)
+    assert_renders_identical(one.render_dir, two.render_dir)
+    s = RenderStore.open(str(two.store_path), mode="r").tile_stats("refine")
+    turn0 = (s["started"] + s["read_seconds"] + s["wait_seconds"]).ravel()
+    turn1 = turn0 + s["forward_seconds"].ravel()
+    order = np.argsort(turn0)
+    assert np.all(turn0[order][1:] >= turn1[order][:-1] - 1e-3), "two model calls overlapped on one card"
+    assert (s["wait_seconds"] > 0).any()
