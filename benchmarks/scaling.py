@@ -24,6 +24,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import dask.config
+
 STAGES = ("prompt", "stage1", "upscale", "stage2", "decode", "encode", "quality")
 
 
@@ -148,7 +150,8 @@ def run(args) -> dict:
             log.flush()
 
     t0 = time.perf_counter()
-    cluster = sd.make_cluster(n_workers=args.gpus)
+    with dask.config.set({"supergen.cluster.gpu-slots": args.gpu_slots}):
+        cluster = sd.make_cluster(n_workers=args.gpus)
     with cluster, Client(cluster) as client:
         startup = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -182,6 +185,7 @@ def run(args) -> dict:
             "summary": plan.summary(),
         },
         "gpus": args.gpus,
+        "gpu_slots": args.gpu_slots,
         "cluster_start_seconds": round(startup, 3),
         "peak_gpu_memory_gib_per_worker": peak,
         **summarise(result.receipts, wall, split),
@@ -223,6 +227,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gpus", type=int, default=1)
     p.add_argument("--cache", default="off", help="residual cache: off, on or a threshold")
+    p.add_argument(
+        "--gpu-slots",
+        type=int,
+        default=1,
+        help="tile tasks each worker runs at once (supergen.cluster.gpu-slots)",
+    )
     p.add_argument("--model", default="random-wan2.1-1.3b-shape")
     p.add_argument("--height", type=int, default=2160)
     p.add_argument("--width", type=int, default=3840)
