@@ -41,17 +41,39 @@ def wan_forward_flops(tokens: int, layers=30, dim=1536, ffn=8960, text=512) -> f
 
 
 def bare_forward_seconds(
-    model: str, dtype: torch.dtype, shape, text_tokens: int, text_dim: int, reps: int
-) -> list[float]:
+    model: str,
+    dtype: torch.dtype,
+    shape,
+    text_tokens: int,
+    text_dim: int,
+    reps: int,
+    variant: str = "default",
+) -> tuple[list[float], float]:
+    """CUDA-event times of ``reps`` guided tile forwards (a batch of two, as a task runs them) in a
+    plain loop, and the seconds of the first call (compilation, for a compiled variant).
+
+    ``variant``: ``default`` (the model as a worker loads it), an attention backend name
+    (``pipelines.acceleration``), either with ``+compile``."""
     from pipelines import load_backend
+    from pipelines.acceleration import accelerate
 
     backend = load_backend(model, device="cuda", dtype=dtype)
     backend.load_transformer()
+    attention, _, compiled = variant.partition("+")
+    accelerate(
+        backend.transformer,
+        attention=None if attention == "default" else attention,
+        compile=compiled == "compile",
+    )
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(2, *shape, device="cuda", generator=g)
     emb = torch.randn(2, text_tokens, text_dim, device="cuda", generator=g)
     t = torch.tensor([700.0, 700.0], device="cuda")
-    for _ in range(3):
+    first0 = time.perf_counter()
+    backend.predict(x, t, emb)
+    torch.cuda.synchronize()
+    first = time.perf_counter() - first0
+    for _ in range(2):
         backend.predict(x, t, emb)
     torch.cuda.synchronize()
     times = []
@@ -64,7 +86,9 @@ def bare_forward_seconds(
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / 1000)
-    return times
+    del backend
+    torch.cuda.empty_cache()
+    return times, first
 
 
 def main(argv=None) -> int:
@@ -76,6 +100,18 @@ def main(argv=None) -> int:
     p.add_argument("--num-inference-steps", type=int, default=8)
     p.add_argument("--refine-steps", type=int, default=3)
     p.add_argument("--bare-reps", type=int, default=10)
+    p.add_argument(
+        "--variants",
+        nargs="*",
+        default=[
+            "_native_cudnn",
+            "_native_flash",
+            "_native_efficient",
+            "default+compile",
+            "_native_cudnn+compile",
+        ],
+        help="bare forwards also timed with these attention backends (pipelines.acceleration), '+compile' for torch.compile",
+    )
     p.add_argument(
         "--gpu-slots",
         type=int,
@@ -116,17 +152,33 @@ def main(argv=None) -> int:
 
     g = plan.refine.grid
     tile_shape = (plan.model.latent_channels, plan.latent_frames, g.tile_h, g.tile_w)
-    bare = bare_forward_seconds(
-        args.model,
-        torch.bfloat16,
-        tile_shape,
-        plan.model.text_tokens,
-        plan.model.text_embed_dim,
-        args.bare_reps,
-    )
-    bare_med = statistics.median(bare)
+    flops = 2 * wan_forward_flops(plan.latent_frames * (g.tile_h // 2) * (g.tile_w // 2))  # CFG: 2
+    variants = {}
+    for variant in ["default", *args.variants]:
+        print(f"bare forward: {variant}", flush=True)
+        try:
+            times, first = bare_forward_seconds(
+                args.model,
+                torch.bfloat16,
+                tile_shape,
+                plan.model.text_tokens,
+                plan.model.text_embed_dim,
+                args.bare_reps,
+                variant,
+            )
+        except Exception as exc:  # noqa: BLE001 - a kernel this card or build lacks: say which
+            variants[variant] = {"error": repr(exc)}
+            continue
+        med = statistics.median(times)
+        variants[variant] = {
+            "seconds_median": med,
+            "seconds_all": times,
+            "first_call_seconds": first,
+            "tflops_per_second": flops / med / 1e12,
+        }
+    bare = variants["default"]["seconds_all"]
+    bare_med = variants["default"]["seconds_median"]
     tokens = plan.latent_frames * (g.tile_h // 2) * (g.tile_w // 2)
-    flops = 2 * wan_forward_flops(tokens)  # CFG: batch of two
     for r in runs.values():
         r["bare_forward_seconds_median"] = bare_med
         r["ratio_task_to_bare"] = r["task_seconds_median"] / bare_med
@@ -161,6 +213,8 @@ def main(argv=None) -> int:
             "bare_forward_seconds_median": bare_med,
             "bare_forward_seconds_all": bare,
             "tflops_per_second_bare": flops / bare_med / 1e12,
+            # the same forward with other attention kernels and/or torch.compile (--variants)
+            "variants": variants,
         },
         # one render per value of --gpu-slots (supergen.cluster.gpu-slots), keyed by it
         "results": runs,
@@ -168,7 +222,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, sort_keys=True))
-    print(json.dumps({"bare": {k: v for k, v in report["bare"].items() if k != "bare_forward_seconds_all"}}))
+    for name, v in variants.items():
+        print(json.dumps({name: {k: x for k, x in v.items() if k != "seconds_all"}}))
     for slots, r in runs.items():
         print(json.dumps({f"gpu_slots={slots}": r}, indent=2))
     return 0

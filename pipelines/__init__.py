@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 # modules of this package that are not families
-_NOT_FAMILIES = {"base", "schedulers", "text", "toy"}
+_NOT_FAMILIES = {"acceleration", "base", "schedulers", "text", "toy"}
 
 
 class UnknownModelError(KeyError):
