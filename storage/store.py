@@ -60,9 +60,11 @@ STAT_FIELDS = (
     "cache_tau",
     "cache_skips",
     "pred_mean",
-    # seconds a tile task waited for its worker's device turn (supergen_dask.worker_models), between
-    # its reads and its model call; stores made before this field have no column for it
+    # the device turn of a tile task (supergen_dask.worker_models.device_turn): seconds it waited
+    # for it after its reads, and the wall-clock time it began (forward_seconds is its length);
+    # stores made before these fields have no columns for them
     "wait_seconds",
+    "turn_started",
 )
 
 _FORMAT = "supergen-render/1"

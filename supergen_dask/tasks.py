@@ -364,7 +364,7 @@ def denoise_tile(
     t_read = time.perf_counter() - t_read0
 
     with worker_models.device_turn() as waited:
-        t_fwd0 = time.perf_counter()
+        turn_started, t_fwd0 = time.time(), time.perf_counter()
         model_in = region.scale_model_input(sample)
         t = region.timestep.to(device)
         noise_pred = predict_guided(backend, plan, model_in, t, embeds, st.origin(key), key.step, image)
@@ -381,7 +381,8 @@ def denoise_tile(
             cache_stats = _cache_stats(decision, k=k, acc=0.0, skips=0, pred=noise_pred)
         outputs = _host_outputs(plan, key, new, new_state, extra_chunks)
         t_fwd = time.perf_counter() - t_fwd0
-    stats = {"t0": t0, "started": started, "read_seconds": t_read, "wait_seconds": waited}
+    stats = {"t0": t0, "started": started, "read_seconds": t_read}
+    stats.update(wait_seconds=waited, turn_started=turn_started)
     stats.update(forward_seconds=t_fwd, session=session, computed=1, **cache_stats)
     seconds, extra = _finish_tile(store, plan, key, outputs, stats)
     return {"task": "denoise", "name": name, **extra, "seconds": seconds}
@@ -607,7 +608,7 @@ def predict_branch(
     image = tile_image(store, plan, key, device)
     finished = {}
     with worker_models.device_turn() as waited:
-        t_fwd0 = time.perf_counter()
+        turn_started, t_fwd0 = time.time(), time.perf_counter()
         model_in = region.scale_model_input(sample)
         t = region.timestep.to(device).expand(1)
         out = backend.predict(model_in, t, embeds[None], st.origin(key), image=image)
@@ -625,6 +626,7 @@ def predict_branch(
         started=started,
         forward_seconds=t_fwd,
         wait_seconds=waited,
+        turn_started=turn_started,
         gpu=worker_models.gpu_identity(),
         **finished,
     )
@@ -691,11 +693,12 @@ def seam_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, session: 
     embeds = worker_models.prompt_embeds(store, device)
     t_read = time.perf_counter() - t_read0
     with worker_models.device_turn() as waited:
-        t_fwd0 = time.perf_counter()
+        turn_started, t_fwd0 = time.time(), time.perf_counter()
         blended = seam_window(backend, plan, key, embeds, *inputs)
         outputs = _host_outputs(plan, key, blended, {})
         t_fwd = time.perf_counter() - t_fwd0
-    stats = {"t0": t0, "started": started, "read_seconds": t_read, "wait_seconds": waited}
+    stats = {"t0": t0, "started": started, "read_seconds": t_read}
+    stats.update(wait_seconds=waited, turn_started=turn_started)
     stats.update(forward_seconds=t_fwd, session=session, computed=1)
     seconds, extra = _finish_tile(store, plan, key, outputs, stats)
     return {"task": "seam", "name": name, **extra, "seconds": seconds}

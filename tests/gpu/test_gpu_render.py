@@ -227,8 +227,8 @@ def test_two_gpu_slots_take_turns_on_the_card_and_give_the_same_bytes(tmp_path):
     two = sd.render(spec, output_dir=tmp_path / "two", client=client, progress=False)
     assert_renders_identical(one.render_dir, two.render_dir)
     s = RenderStore.open(str(two.store_path), mode="r").tile_stats("refine")
-    turn0 = (s["started"] + s["read_seconds"] + s["wait_seconds"]).ravel()
+    turn0 = s["turn_started"].ravel()
     turn1 = turn0 + s["forward_seconds"].ravel()
     order = np.argsort(turn0)
-    assert np.all(turn0[order][1:] >= turn1[order][:-1] - 1e-3), "two model calls overlapped on one card"
+    assert np.all(turn0[order][1:] >= turn1[order][:-1] - 1e-4), "two model calls overlapped on one card"
     assert (s["wait_seconds"] > 0).any()
