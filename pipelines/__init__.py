@@ -1,7 +1,7 @@
 """Model backends, one module per model family, behind one small protocol (``VideoBackend``).
 
 ``model_info(ref)`` says what a model is without loading weights (for planning and validation);
-``load_backend(ref, device, dtype)`` gives a backend whose components load lazily. ``ref`` is a
+``load_backend(ref, device, dtype, offload)`` gives a backend whose components load lazily. ``ref`` is a
 preset name (see ``available_models()``) or a local directory in diffusers layout, whose family
 is read from ``model_index.json``.
 
@@ -25,12 +25,14 @@ from typing import Any
 import torch
 
 from pipelines.base import (
+    OFFLOAD_MODES,
     FamilyDefaults,
     ImageCondition,
     ModelDirectoryError,
     ModelInfo,
     VideoBackend,
     check_directory,
+    check_offload,
 )
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "ImageCondition",
     "ModelInfo",
     "VideoBackend",
+    "OFFLOAD_MODES",
     "UnknownModelError",
     "ModelDirectoryError",
     "model_directory",
@@ -200,9 +203,19 @@ def _directory_info(read, ref: str) -> ModelInfo:
 
 
 def load_backend(
-    ref: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ref: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, offload: str = "none"
 ) -> VideoBackend:
-    """A backend for ``ref`` on ``device``; components load on first use."""
+    """A backend for ``ref`` on ``device``; components load on first use. ``offload`` (one of
+    ``OFFLOAD_MODES``): ``"block"`` or ``"leaf"`` keep the weights of the denoiser and the encoders
+    in CPU memory and move them to ``device`` piece by piece for each forward (``pipelines.base.place``),
+    for a model bigger than the card; the outputs are the same."""
+    offload = check_offload(offload)
+    backend = _load_backend(ref, device, dtype)
+    backend.offload = offload
+    return backend
+
+
+def _load_backend(ref: str, device: str | torch.device, dtype: torch.dtype) -> VideoBackend:
     presets = _presets()
     if ref in presets:
         return presets[ref].load_preset(ref, device, dtype)

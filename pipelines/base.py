@@ -8,10 +8,12 @@ Components load lazily: a denoise worker never touches the text encoder or the V
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,11 @@ __all__ = [
     "ModelInfo",
     "VideoBackend",
     "LazyBackend",
+    "OFFLOAD_MODES",
+    "check_offload",
+    "place",
+    "offload_module",
+    "is_offloaded",
     "ModelDirectoryError",
     "check_directory",
     "directory_revision",
@@ -183,6 +190,9 @@ class VideoBackend:
     """
 
     info: ModelInfo
+    # how the components' weights reach ``device`` (``OFFLOAD_MODES``; ``load_backend`` sets it):
+    # a runtime choice that never changes what a component computes
+    offload: str = "none"
 
     def __init__(
         self, info: ModelInfo, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
@@ -317,12 +327,105 @@ class FamilyDefaults:
         return out
 
 
+# -- placing weights: on the device, or offloaded ------------------------------------------------
+OFFLOAD_MODES = ("none", "block", "leaf")
+
+# the offload mode of the component a LazyBackend is loading in this thread ("none" outside loads)
+_LOADING_OFFLOAD: contextvars.ContextVar[str] = contextvars.ContextVar("offload", default="none")
+
+
+def check_offload(value: Any, name: str = "offload") -> str:
+    """``value`` as one of ``OFFLOAD_MODES`` (``None`` is ``"none"``); ``ValueError`` naming
+    ``name`` otherwise."""
+    mode = "none" if value is None else value
+    if not isinstance(mode, str) or mode not in OFFLOAD_MODES:
+        raise ValueError(f"{name} must be one of {', '.join(OFFLOAD_MODES)}; got {value!r}")
+    return mode
+
+
+@contextlib.contextmanager
+def _loading_with(offload: str) -> Iterator[None]:
+    token = _LOADING_OFFLOAD.set(offload)
+    try:
+        yield
+    finally:
+        _LOADING_OFFLOAD.reset(token)
+
+
+def place(module: torch.nn.Module, device) -> torch.nn.Module:
+    """Put a freshly loaded component on ``device``: every family's loaders end with this.
+
+    While a ``LazyBackend`` with offloading on loads the component, the weights stay in CPU memory
+    instead and diffusers' group offloading brings them to ``device`` for each forward
+    (``offload_module``); a model bigger than the card never has to fit on it whole."""
+    mode = _LOADING_OFFLOAD.get()
+    if mode == "none":
+        return module.to(device)
+    return offload_module(module, device, mode)
+
+
+def offload_module(module: torch.nn.Module, device, mode: str) -> torch.nn.Module:
+    """Keep ``module``'s weights in CPU memory and onload them to ``device`` around each forward,
+    with diffusers' group offloading (``diffusers.hooks.group_offloading``).
+
+    ``"block"``: one block of the module's block list at a time (``block_level``, one block per
+    group), the embeddings and output layers as one more group. A module whose blocks are not its
+    direct children (the transformers text encoders: ``encoder.block``, ``text_model.encoder``)
+    would be one group, moved whole, so it is offloaded per layer instead. ``"leaf"``: per layer
+    (``leaf_level``), the least memory. On CUDA the copies run on a side stream from pinned memory,
+    prefetching the next group while the current one computes (``use_stream``; pinned copies of
+    every weight stay in host memory). What a forward computes is unchanged: the same weights on
+    the same device, only moved in and out.
+
+    Forwards are serialised on the module: the groups are shared state, and a second thread's
+    forward would find a group another thread just offloaded.
+    """
+    check_offload(mode)
+    if mode == "none":
+        return module.to(device)
+    from diffusers.hooks import apply_group_offloading
+
+    onload = torch.device(device)
+    module = module.to("cpu")
+    blocks = any(isinstance(c, torch.nn.ModuleList | torch.nn.Sequential) for c in module.children())
+    options: dict[str, Any] = dict(
+        onload_device=onload,
+        offload_device=torch.device("cpu"),
+        offload_type="block_level" if mode == "block" and blocks else "leaf_level",
+        use_stream=onload.type == "cuda",
+    )
+    if options["offload_type"] == "block_level":
+        options["num_blocks_per_group"] = 1  # what diffusers uses with streams in any case
+    if hasattr(module, "enable_group_offload"):  # diffusers models: checks the class supports it
+        module.enable_group_offload(**options)
+    else:
+        apply_group_offloading(module, **options)
+    lock = threading.RLock()
+
+    def enter(_module, _args):
+        lock.acquire()
+
+    def leave(_module, _args, _output):
+        lock.release()
+
+    module.register_forward_pre_hook(enter)
+    module.register_forward_hook(leave, always_call=True)  # released when the forward raises, too
+    return module
+
+
+def is_offloaded(module: torch.nn.Module) -> bool:
+    """Whether diffusers' group offloading manages ``module``'s weights."""
+    from diffusers.hooks.group_offloading import _is_group_offload_enabled
+
+    return _is_group_offload_enabled(module)
+
+
 def load_component(cls, root: str, subfolder: str, device, *, tiling: bool = False, **kwargs) -> Any:
-    """A component of a diffusers-layout directory: safetensors from local disk only, moved to
-    ``device``, frozen for inference (``tiling`` for VAEs). ``kwargs`` go to ``from_pretrained``
-    (``torch_dtype=`` for diffusers models, ``dtype=`` for transformers ones)."""
+    """A component of a diffusers-layout directory: safetensors from local disk only, placed on
+    ``device`` (``place``), frozen for inference (``tiling`` for VAEs). ``kwargs`` go to
+    ``from_pretrained`` (``torch_dtype=`` for diffusers models, ``dtype=`` for transformers ones)."""
     m = cls.from_pretrained(root, subfolder=subfolder, local_files_only=True, use_safetensors=True, **kwargs)
-    m = m.to(device).eval().requires_grad_(False)
+    m = place(m, device).eval().requires_grad_(False)
     if tiling:
         m.enable_tiling()
     return m
@@ -332,8 +435,13 @@ def load_component(cls, root: str, subfolder: str, device, *, tiling: bool = Fal
 class LazyBackend(VideoBackend):
     """A backend whose components (``transformer``, ``vae``, ``text``) load on first use, once.
 
-    ``text`` loads to a callable ``(prompt, negative) -> (pos, neg)``.
+    ``text`` loads to a callable ``(prompt, negative) -> (pos, neg)``. With ``offload`` on, every
+    component but those in ``resident`` loads offloaded (``place``): the denoisers and the text and
+    image encoders. The VAE stays on the device: its weights are small (Wan's: 0.5 GB in float32),
+    its memory is its activations, and it keeps feature caches between the calls of one decode.
     """
+
+    resident: frozenset[str] = frozenset({"vae"})
 
     def __init__(
         self,
@@ -368,7 +476,8 @@ class LazyBackend(VideoBackend):
             with self._load_locks.setdefault(name, threading.Lock()):  # atomic in CPython
                 comp = self._components.get(name)
                 if comp is None:
-                    comp = self._loaders[name]()
+                    with _loading_with("none" if name in self.resident else self.offload):
+                        comp = self._loaders[name]()
                     self._components[name] = comp
         return comp
 

@@ -59,6 +59,7 @@ from pipelines.base import (
     directory_revision,
     load_component,
     pack_text,
+    place,
     read_overrides,
     unpack_text,
 )
@@ -372,7 +373,7 @@ def load_directory(
             root, subfolder="transformer", torch_dtype=dtype, **kw
         )
         m.rope = OffsetRotary(m.rope)
-        return m.to(device).eval().requires_grad_(False)
+        return place(m, device).eval().requires_grad_(False)
 
     def vae():
         return load_component(
@@ -390,7 +391,7 @@ def load_directory(
             transformer=None,
             vae=None,
             scheduler=None,
-            text_encoder_2=clip.to(device).eval(),
+            text_encoder_2=place(clip, device).eval(),
             tokenizer_2=tokenizer_2,
         )
         max_length = int(extra.get("max_sequence_length", DEFAULTS.text_tokens))
@@ -402,7 +403,7 @@ def load_directory(
         from transformers import AutoModel
 
         llama = AutoModel.from_pretrained(root, subfolder="text_encoder", dtype=dtype, **kw)
-        pipe = HunyuanVideoPipeline(text_encoder=llama.to(device).eval(), **parts)
+        pipe = HunyuanVideoPipeline(text_encoder=place(llama, device).eval(), **parts)
         template = extra.get("prompt_template", DEFAULT_PROMPT_TEMPLATE)
 
         @torch.no_grad()
@@ -445,7 +446,7 @@ def _image_text_encoder(root, info, extra, parts, dtype, device, max_length: int
     llava = LlavaForConditionalGeneration.from_pretrained(root, subfolder="text_encoder", dtype=dtype, **kw)
     processor = AutoImageProcessor.from_pretrained(root, subfolder="image_processor", local_files_only=True)
     pipe = HunyuanVideoImageToVideoPipeline(
-        text_encoder=llava.to(device).eval(), image_processor=processor, **parts
+        text_encoder=place(llava, device).eval(), image_processor=processor, **parts
     )
     template = _i2v_template(extra)
     condition = json.loads((Path(root) / "transformer" / "config.json").read_text())["image_condition_type"]

@@ -26,6 +26,7 @@ from pipelines.base import (
     ModelInfo,
     directory_revision,
     load_component,
+    place,
     read_overrides,
 )
 from pipelines.text import HashTextEncoder
@@ -413,9 +414,9 @@ class WanBackend(LazyBackend):
 
 
 def _cast(model: torch.nn.Module, device, dtype: torch.dtype) -> torch.nn.Module:
-    """Move to ``device`` in ``dtype``, keeping the modules the model wants in float32 (as
-    ``from_pretrained(torch_dtype=...)`` does)."""
-    model = model.to(device=device)
+    """Cast to ``dtype``, keeping the modules the model wants in float32 (as
+    ``from_pretrained(torch_dtype=...)`` does), then place on ``device`` (cast first: an offloaded
+    model keeps copies of its weights as they are when placed)."""
     if dtype != torch.float32:
         keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
         for name, module in model.named_modules():
@@ -426,7 +427,7 @@ def _cast(model: torch.nn.Module, device, dtype: torch.dtype) -> torch.nn.Module
             for b_name, b in module.named_buffers(recurse=False):
                 if b.is_floating_point():
                     module._buffers[b_name] = b.to(dtype)
-    return model.eval().requires_grad_(False)
+    return place(model, device).eval().requires_grad_(False)
 
 
 def _seeded(build: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:

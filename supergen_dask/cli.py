@@ -34,6 +34,8 @@ EXIT_INTERRUPTED = 130
 
 
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
+    from pipelines.base import OFFLOAD_MODES
+
     g = p.add_argument_group("cluster")
     g.add_argument("--address", help="connect to an existing Dask scheduler (tcp://host:8786)")
     g.add_argument("--workers", type=int, help="local workers (default: one per GPU, else 2 on CPU)")
@@ -46,6 +48,13 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
         "--threads",
         action="store_true",
         help="run local CPU workers as threads of this process instead of processes",
+    )
+    g.add_argument(
+        "--offload",
+        choices=OFFLOAD_MODES,
+        help="for a model bigger than the card: keep its weights in CPU memory and move them to the "
+        "GPU block by block (block) or layer by layer (leaf, least memory) for each forward; slower, "
+        "the same output (default: supergen.worker.offload, none)",
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_verbose(p)
@@ -478,6 +487,24 @@ def _check_cluster_args(args) -> None:
         raise ValueError("--address must name a scheduler (tcp://host:8786)")
 
 
+def _worker_settings(args) -> dict[str, Any]:
+    """The ``supergen.worker`` settings the command line gives the workers it starts (a local
+    cluster's workers take this process's ``dask.config`` when they start), after checking the
+    configured ones: a bad value is refused here, before any work, not in a worker's first task."""
+    from supergen_dask import worker_models
+
+    worker_models.offload_setting()  # the configured value (YAML, DASK_SUPERGEN__WORKER__OFFLOAD)
+    if args.offload is None:
+        return {}
+    if args.address or config_get("cluster.address"):
+        raise ValueError(
+            "--offload applies to the workers this command starts; the workers of an existing "
+            "cluster (--address) read supergen.worker.offload from their own configuration "
+            f"(e.g. DASK_SUPERGEN__WORKER__OFFLOAD={args.offload} where they start)"
+        )
+    return {"supergen.worker.offload": args.offload}
+
+
 def _one_line(message: object) -> str:
     return " ".join(str(message).split())
 
@@ -610,6 +637,23 @@ def _main(args: argparse.Namespace, where: dict[str, Any]) -> int:
 
     import dask.config
 
+    _check_cluster_args(args)
+    settings = _worker_settings(args)
+    # a local cluster's nannies warn while stopping workers that take a moment to exit: noise in
+    # a normal run's output (a worker dying mid-run is still reported)
+    logging.getLogger("distributed.nanny").addFilter(_QuietShutdown())
+    with dask.config.set(settings):  # around the cluster's start: its workers copy the config then
+        if args.command == "evaluate":
+            return _evaluate(args)
+        if args.command == "batch":
+            return _batch(args)
+        return _render(args, where)
+
+
+def _render(args: argparse.Namespace, where: dict[str, Any]) -> int:
+    """``supergen render`` and ``supergen resume``."""
+    import dask.config
+
     from supergen_dask.cluster import client_for
     from supergen_dask.config import location
     from supergen_dask.dirlock import render_dir_lock
@@ -617,15 +661,6 @@ def _main(args: argparse.Namespace, where: dict[str, Any]) -> int:
     from supergen_dask.graph import default_render_dir, load_plan, run_render
     from supergen_dask.plan import plan_render
     from supergen_dask.preflight import check_output_dir
-
-    _check_cluster_args(args)
-    # a local cluster's nannies warn while stopping workers that take a moment to exit: noise in
-    # a normal run's output (a worker dying mid-run is still reported)
-    logging.getLogger("distributed.nanny").addFilter(_QuietShutdown())
-    if args.command == "evaluate":
-        return _evaluate(args)
-    if args.command == "batch":
-        return _batch(args)
 
     force = getattr(args, "force", False)
     with dask.config.set({"supergen.limits.enabled": False} if force else {}):

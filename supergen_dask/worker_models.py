@@ -8,6 +8,7 @@ by reference to their module, so the cache below lives once per process. A cache
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -15,25 +16,32 @@ from collections.abc import Iterator
 import torch
 
 from pipelines import VideoBackend, load_backend
+from pipelines.base import check_offload
 from supergen_dask import config
 
 __all__ = [
     "worker_device",
     "gpu_identity",
+    "offload_setting",
     "get_backend",
+    "resident",
     "prompt_embeds",
     "device_turn",
     "load_count",
     "clear",
 ]
 
+logger = logging.getLogger(__name__)
+
 _LOCK = threading.Lock()
-_BACKENDS: dict[tuple[str, str, str], VideoBackend] = {}
+# (model, dtype, device, offload) -> backend
+_BACKENDS: dict[tuple[str, str, str, str], VideoBackend] = {}
 _EMBEDS: dict[tuple[str, str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 _LOADS: list[tuple[str, float]] = []
 _MAX_EMBEDS = 16
 _TURNS: dict[str, threading.Lock] = {}
 _THREADS_SET = False
+_OFFLOAD_WARNED = False
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -71,20 +79,51 @@ def gpu_identity() -> str:
     return f"GPU-{uuid}" if uuid is not None else f"{props.name}:{getattr(props, 'pci_bus_id', '?')}"
 
 
+def offload_setting() -> str:
+    """``supergen.worker.offload`` (``none``, ``block`` or ``leaf``), checked: ``ValueError``
+    naming the setting otherwise."""
+    return check_offload(config.get("worker.offload", "none"), "supergen.worker.offload")
+
+
+def _effective_offload(offload: str, device: str) -> str:
+    """Offloading moves weights from CPU memory to a GPU; a CPU worker's weights are in CPU memory
+    already, so there it is a no-op (said once per process, not an error: one configuration may
+    serve GPU and CPU workers alike)."""
+    global _OFFLOAD_WARNED
+    if offload == "none" or device != "cpu":
+        return offload
+    if not _OFFLOAD_WARNED:
+        _OFFLOAD_WARNED = True
+        logger.warning(
+            "supergen.worker.offload=%s has no effect on a CPU worker (its weights are in CPU memory "
+            "already): loading without offloading",
+            offload,
+        )
+    return "none"
+
+
 def get_backend(model: str, dtype: str) -> VideoBackend:
-    """The process's backend for ``model`` in ``dtype`` (created on first use, then reused)."""
+    """The process's backend for ``model`` in ``dtype`` (created on first use, then reused), its
+    weights placed as ``supergen.worker.offload`` says."""
     device = worker_device()
-    key = (model, dtype, device)
+    offload = _effective_offload(offload_setting(), device)
+    key = (model, dtype, device, offload)
     backend = _BACKENDS.get(key)
     if backend is None:
         with _LOCK:
             backend = _BACKENDS.get(key)
             if backend is None:
                 _configure_torch(device)
-                backend = load_backend(model, device=device, dtype=_DTYPES[dtype])
+                backend = load_backend(model, device=device, dtype=_DTYPES[dtype], offload=offload)
                 _BACKENDS[key] = backend
                 _LOADS.append((model, time.time()))
     return backend
+
+
+def resident() -> list[dict[str, str]]:
+    """The backends this process holds: ``model``, ``dtype``, ``device`` and ``offload`` of each
+    (for ``client.run``: which workers hold what, and how)."""
+    return [dict(zip(("model", "dtype", "device", "offload"), key, strict=True)) for key in _BACKENDS]
 
 
 def prompt_embeds(store, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 
+import dask.config
 import numpy as np
 import pytest
 import torch
@@ -232,3 +233,83 @@ def test_two_gpu_slots_take_turns_on_the_card_and_give_the_same_bytes(tmp_path):
     order = np.argsort(turn0)
     assert np.all(turn0[order][1:] >= turn1[order][:-1] - 1e-4), "two model calls overlapped on one card"
     assert (s["wait_seconds"] > 0).any()
+
+
+def _weight_bytes(model: torch.nn.Module, prefix: str = "") -> int:
+    """Bytes of the weights of ``model`` whose names start with ``prefix``, as ``pipelines.wan._cast``
+    places them in bfloat16: the modules the model keeps in float32 in float32."""
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    total = 0
+    for name, p in model.named_parameters():
+        if name.startswith(prefix):
+            fp32 = any(k in name.split(".")[:-1] for k in keep)
+            total += p.numel() * (4 if fp32 else 2)
+    return total
+
+
+def test_offloaded_weights_give_the_same_bytes_in_less_gpu_memory(tmp_path):
+    """``supergen.worker.offload`` on dask-cuda workers (set while their cluster starts, as the
+    CLI's ``--offload`` does): the 1.3B-shaped Wan transformer and a tiny Wan directory (whose
+    UMT5 text encoder is offloaded too) render the same bytes as without offloading, and the
+    block mode's peak GPU memory is lower by the transformer's weights less what group offloading
+    keeps on the card during a forward: the embeddings and output layers (one group) and two blocks
+    (the one computing and the next, prefetched on a side stream).
+
+    Bit-identical, not merely close: offloading only changes where the weights wait between
+    forwards; every forward runs the same kernels on the same weights on the same card."""
+    from diffusers import WanTransformer3DModel
+
+    from pipelines.wan import WAN_1_3B_TRANSFORMER_CONFIG, save_tiny_pipeline
+
+    big = sd.RenderSpec(
+        prompt="a red circle moving right",
+        model="random-wan2.1-1.3b-shape",
+        dtype="bfloat16",
+        height=64,
+        width=64,
+        num_frames=9,
+        num_inference_steps=3,
+        refine_steps=3,  # one tile, no sketch: the weights dominate the memory
+        guidance_scale=5.0,
+        seed=3,
+    )
+    tiny = _spec(model=str(save_tiny_pipeline(tmp_path / "tiny-wan")))  # sketch + 2x3 tiles
+    runs: dict[str, dict] = {}
+    for mode in ("none", "block", "leaf"):
+        with (
+            dask.config.set({"supergen.worker.offload": mode}),
+            make_cluster(n_workers=1) as cluster,
+            Client(cluster) as client,
+        ):
+            out = tmp_path / mode
+            small = sd.render(tiny, output_dir=out / "tiny", client=client, progress=False)
+            sd.render(big, output_dir=out / "load", client=client, progress=False)  # loads, draws
+            client.run(torch.cuda.reset_peak_memory_stats)
+            result = sd.render(big, output_dir=out / "big", client=client, progress=False)
+            (peak,) = client.run(torch.cuda.max_memory_allocated).values()
+            (after,) = client.run(torch.cuda.memory_allocated).values()
+            (held,) = client.run(worker_models.resident).values()
+        assert {h["offload"] for h in held} == {mode}, held  # the setting reached the worker
+        assert {h["device"] for h in held} == {"cuda"}, held
+        runs[mode] = dict(tiny=small.render_dir, big=result.render_dir, peak=peak, after=after)
+
+    for mode in ("block", "leaf"):
+        assert_renders_identical(runs["none"]["tiny"], runs[mode]["tiny"])
+        assert_renders_identical(runs["none"]["big"], runs[mode]["big"])
+
+    with torch.device("meta"):
+        model = WanTransformer3DModel(**WAN_1_3B_TRANSFORMER_CONFIG)
+    weights = _weight_bytes(model)
+    block = max(_weight_bytes(model, f"blocks.{i}.") for i in range(len(model.blocks)))  # 93 MB
+    others = weights - _weight_bytes(model, "blocks.")  # embeddings, output layers: 58 MB
+    mib = 2**20
+    saved = runs["none"]["peak"] - runs["block"]["peak"]
+    expected = weights - others - 2 * block  # 2.6 GB of the 2.8 GB
+    assert saved >= expected - 32 * mib, (
+        f"peak {runs['none']['peak'] / mib:.0f} MiB without offloading, {runs['block']['peak'] / mib:.0f} "
+        f"MiB with: {saved / mib:.0f} MiB saved, expected >= {expected / mib:.0f} MiB"
+    )
+    # between forwards no weight of the transformer is on the card
+    assert runs["none"]["after"] - runs["block"]["after"] >= weights - 32 * mib
+    # per layer holds less than per block (the largest layer, an FFN matrix: ~28 MB)
+    assert runs["leaf"]["peak"] <= runs["block"]["peak"], runs
