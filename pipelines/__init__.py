@@ -203,15 +203,24 @@ def _directory_info(read, ref: str) -> ModelInfo:
 
 
 def load_backend(
-    ref: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, offload: str = "none"
+    ref: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    offload: str = "none",
+    attention: str | None = None,
+    compile: bool | str = False,
 ) -> VideoBackend:
     """A backend for ``ref`` on ``device``; components load on first use. ``offload`` (one of
     ``OFFLOAD_MODES``): ``"block"`` or ``"leaf"`` keep the weights of the denoiser and the encoders
     in CPU memory and move them to ``device`` piece by piece for each forward (``pipelines.base.place``),
-    for a model bigger than the card; the outputs are the same."""
+    for a model bigger than the card; the outputs are the same. ``attention`` and ``compile`` speed
+    up the denoiser's forward (``pipelines.acceleration``; the outputs change by round-off only)."""
+    from pipelines.acceleration import check_attention
+
     offload = check_offload(offload)
     backend = _load_backend(ref, device, dtype)
     backend.offload = offload
+    backend.attention, backend.compile = check_attention(attention), compile
     return backend
 
 

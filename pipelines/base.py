@@ -193,6 +193,10 @@ class VideoBackend:
     # how the components' weights reach ``device`` (``OFFLOAD_MODES``; ``load_backend`` sets it):
     # a runtime choice that never changes what a component computes
     offload: str = "none"
+    # the denoiser's attention backend and torch.compile (``pipelines.acceleration``; set by
+    # ``load_backend``), applied to ``denoisers`` as they load
+    attention: str | None = None
+    compile: bool | str = False
 
     def __init__(
         self, info: ModelInfo, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
@@ -442,6 +446,7 @@ class LazyBackend(VideoBackend):
     """
 
     resident: frozenset[str] = frozenset({"vae"})
+    denoisers: frozenset[str] = frozenset({"transformer", "transformer_2"})
 
     def __init__(
         self,
@@ -478,6 +483,10 @@ class LazyBackend(VideoBackend):
                 if comp is None:
                     with _loading_with("none" if name in self.resident else self.offload):
                         comp = self._loaders[name]()
+                    if name in self.denoisers and (self.attention or self.compile):
+                        from pipelines.acceleration import accelerate
+
+                        accelerate(comp, self.attention, self.compile)
                     self._components[name] = comp
         return comp
 

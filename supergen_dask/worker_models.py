@@ -23,6 +23,7 @@ __all__ = [
     "worker_device",
     "gpu_identity",
     "offload_setting",
+    "acceleration_setting",
     "get_backend",
     "resident",
     "prompt_embeds",
@@ -34,8 +35,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _LOCK = threading.Lock()
-# (model, dtype, device, offload) -> backend
-_BACKENDS: dict[tuple[str, str, str, str], VideoBackend] = {}
+# (model, dtype, device, offload, attention, compile) -> backend
+_BACKENDS: dict[tuple, VideoBackend] = {}
 _EMBEDS: dict[tuple[str, str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 _LOADS: list[tuple[str, float]] = []
 _MAX_EMBEDS = 16
@@ -102,19 +103,46 @@ def _effective_offload(offload: str, device: str) -> str:
     return "none"
 
 
+def acceleration_setting() -> tuple[str | None, bool | str]:
+    """``(supergen.worker.attention, supergen.worker.compile)``, checked: ``ValueError`` naming
+    the setting otherwise."""
+    from pipelines.acceleration import check_attention
+
+    attention = config.get("worker.attention")
+    try:
+        check_attention(attention)
+    except ValueError as exc:
+        raise ValueError(f"supergen.worker.attention: {exc}") from None
+    compile = config.get("worker.compile", False)
+    if not isinstance(compile, bool | str) or compile == "":
+        raise ValueError(
+            f"supergen.worker.compile must be true, false or a torch.compile mode; got {compile!r}"
+        )
+    return attention, compile
+
+
 def get_backend(model: str, dtype: str) -> VideoBackend:
     """The process's backend for ``model`` in ``dtype`` (created on first use, then reused), its
-    weights placed as ``supergen.worker.offload`` says."""
+    weights placed as ``supergen.worker.offload`` says, its denoiser's forward as
+    ``supergen.worker.attention`` and ``compile`` say."""
     device = worker_device()
     offload = _effective_offload(offload_setting(), device)
-    key = (model, dtype, device, offload)
+    attention, compile = acceleration_setting()
+    key = (model, dtype, device, offload, attention, compile)
     backend = _BACKENDS.get(key)
     if backend is None:
         with _LOCK:
             backend = _BACKENDS.get(key)
             if backend is None:
                 _configure_torch(device)
-                backend = load_backend(model, device=device, dtype=_DTYPES[dtype], offload=offload)
+                backend = load_backend(
+                    model,
+                    device=device,
+                    dtype=_DTYPES[dtype],
+                    offload=offload,
+                    attention=attention,
+                    compile=compile,
+                )
                 _BACKENDS[key] = backend
                 _LOADS.append((model, time.time()))
     return backend
@@ -123,7 +151,8 @@ def get_backend(model: str, dtype: str) -> VideoBackend:
 def resident() -> list[dict[str, str]]:
     """The backends this process holds: ``model``, ``dtype``, ``device`` and ``offload`` of each
     (for ``client.run``: which workers hold what, and how)."""
-    return [dict(zip(("model", "dtype", "device", "offload"), key, strict=True)) for key in _BACKENDS]
+    names = ("model", "dtype", "device", "offload", "attention", "compile")
+    return [dict(zip(names, key, strict=True)) for key in _BACKENDS]
 
 
 def prompt_embeds(store, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:

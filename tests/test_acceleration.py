@@ -45,3 +45,23 @@ def test_compile_wraps_the_forward_lazily():
     accelerate(module, compile="max-autotune-no-cudagraphs")
     # compiled at the first forward of each shape (seconds on a CPU, so not run here)
     assert module._compiled_call_impl is not None
+
+
+def test_worker_settings_reach_the_denoiser_as_it_loads(monkeypatch):
+    import dask.config
+
+    from supergen_dask import worker_models
+
+    monkeypatch.setattr(worker_models, "_BACKENDS", {})
+    with dask.config.set({"supergen.worker.attention": "_native_math", "supergen.worker.compile": False}):
+        backend = worker_models.get_backend("tiny-random-wan", "float32")
+        assert backend.attention == "_native_math"
+        processors = [m.processor for m in backend.transformer.modules() if hasattr(m, "processor")]
+        assert processors and all("_native_math" in str(p._attention_backend).lower() for p in processors)
+        assert {"attention": "_native_math", "compile": False}.items() <= worker_models.resident()[0].items()
+    for key, bad, match in (
+        ("attention", "fastest", "supergen.worker.attention: unknown attention backend 'fastest'"),
+        ("compile", 3, "supergen.worker.compile must be true, false or a torch.compile mode"),
+    ):
+        with dask.config.set({f"supergen.worker.{key}": bad}), pytest.raises(ValueError, match=match):
+            worker_models.get_backend("tiny-random-wan", "float32")

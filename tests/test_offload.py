@@ -96,9 +96,8 @@ def test_cpu_workers_ignore_offload_with_one_warning(monkeypatch, caplog):
     assert first is again and first.offload == "none" and not is_offloaded(first.transformer)
     warnings = [r for r in caplog.records if "has no effect on a CPU worker" in r.getMessage()]
     assert len(warnings) == 1, caplog.records
-    assert {"model": "tiny-random-wan", "dtype": "float32", "device": "cpu", "offload": "none"} in (
-        worker_models.resident()
-    )
+    held = {"model": "tiny-random-wan", "dtype": "float32", "device": "cpu", "offload": "none"}
+    assert {**held, "attention": None, "compile": False} in worker_models.resident()
 
 
 @pytest.mark.parametrize("mode", ["block", "leaf"])
@@ -168,8 +167,7 @@ def test_a_render_with_offloaded_weights_has_the_same_bytes(tmp_path, client, mo
         backend = worker_models.get_backend(spec.model, "float32")  # the workers' (same process)
         assert worker_models.load_count() == loads  # loaded by the render's tasks, not here
     assert backend.offload == "block" and _hook(backend.transformer) is not None
-    assert {"model": spec.model, "dtype": "float32", "device": "cpu", "offload": "block"} in (
-        worker_models.resident()
-    )
+    held = {"model": spec.model, "dtype": "float32", "device": "cpu", "offload": "block"}
+    assert {**held, "attention": None, "compile": False} in worker_models.resident()
     assert offloaded.plan.spec.token() == plain.plan.spec.token()  # not part of the render's identity
     assert_renders_identical(plain.render_dir, offloaded.render_dir)
