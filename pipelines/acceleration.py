@@ -50,7 +50,15 @@ def accelerate(
     if attention is not None:
         if not hasattr(module, "set_attention_backend"):
             raise ValueError(f"{type(module).__name__} does not take diffusers' attention backends")
-        module.set_attention_backend(attention)
+        from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+        # set_attention_backend also makes the backend every model's default in this process
+        # (the registry's active backend): only ``module`` is asked for, so that is put back
+        before = _AttentionBackendRegistry._active_backend
+        try:
+            module.set_attention_backend(attention)
+        finally:
+            _AttentionBackendRegistry.set_active_backend(before)
     if compile:
         module.compile(**({} if compile is True else {"mode": str(compile)}))
     return module

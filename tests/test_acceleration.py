@@ -65,3 +65,14 @@ def test_worker_settings_reach_the_denoiser_as_it_loads(monkeypatch):
     ):
         with dask.config.set({f"supergen.worker.{key}": bad}), pytest.raises(ValueError, match=match):
             worker_models.get_backend("tiny-random-wan", "float32")
+
+
+def test_setting_one_models_backend_leaves_other_models_alone():
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    before = _AttentionBackendRegistry.get_active_backend()[0]
+    backend = load_backend("tiny-random-wan", device="cpu", dtype=torch.float32)
+    accelerate(backend.transformer, attention="_native_math")
+    # diffusers' set_attention_backend makes it the process's default too; a render of another
+    # model in this process (a thread-cluster worker) would silently compute differently
+    assert _AttentionBackendRegistry.get_active_backend()[0] == before
