@@ -24,7 +24,7 @@ from typing import Any
 from distributed import Client, Future, as_completed
 
 from storage import Location, RenderExistsError, RenderStore, as_location, create_render_store, open_render
-from supergen_dask import conditioning, config, retention, tasks
+from supergen_dask import conditioning, config, retention, tasks, worker_models
 from supergen_dask.cache import scale_index
 from supergen_dask.geometry import TileKey
 from supergen_dask.plan import RenderPlan, plan_render
@@ -517,6 +517,10 @@ class RenderJob:
         self, plan: RenderPlan, render_dir: str | Path | Location, client: Client, overwrite: bool = False
     ):
         self.plan = plan
+        # worker settings this process would hand a local cluster: a bad one fails here, before
+        # the store is touched, not in the workers' first task
+        worker_models.offload_setting()
+        worker_models.acceleration_setting()
         self.location = config.location(render_dir)
         self.render_dir = self.location.native()  # a Path when local, as callers always had
         self.client = client

@@ -171,3 +171,16 @@ def test_a_render_with_offloaded_weights_has_the_same_bytes(tmp_path, client, mo
     assert {**held, "attention": None, "compile": False} in worker_models.resident()
     assert offloaded.plan.spec.token() == plain.plan.spec.token()  # not part of the render's identity
     assert_renders_identical(plain.render_dir, offloaded.render_dir)
+
+
+@pytest.mark.parametrize(
+    "key, bad, match",
+    [
+        ("offload", "fast", "supergen.worker.offload must be one of none, block, leaf"),
+        ("attention", "fastest", "supergen.worker.attention: unknown attention backend"),
+    ],
+)
+def test_python_api_refuses_bad_worker_settings_before_the_store_is_made(tmp_path, client, key, bad, match):
+    with dask.config.set({f"supergen.worker.{key}": bad}), pytest.raises(ValueError, match=match):
+        sd.render(tiny_spec(), output_dir=tmp_path / "r", client=client, progress=False)
+    assert not (tmp_path / "r").exists()
