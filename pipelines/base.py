@@ -218,6 +218,11 @@ class VideoBackend:
         """
         raise NotImplementedError
 
+    def park(self, name: str) -> bool:
+        """Move component ``name``'s weights off the device until its next use; False when this
+        backend cannot (``LazyBackend.park``)."""
+        return False
+
     # -- transformer --------------------------------------------------------------------------
     def predict(
         self,
@@ -336,6 +341,8 @@ OFFLOAD_MODES = ("none", "block", "leaf")
 
 # the offload mode of the component a LazyBackend is loading in this thread ("none" outside loads)
 _LOADING_OFFLOAD: contextvars.ContextVar[str] = contextvars.ContextVar("offload", default="none")
+# the modules ``place`` put on a device while a LazyBackend loads a component (``park`` moves them)
+_LOADING_PLACED: contextvars.ContextVar[list | None] = contextvars.ContextVar("placed", default=None)
 
 
 def check_offload(value: Any, name: str = "offload") -> str:
@@ -348,12 +355,15 @@ def check_offload(value: Any, name: str = "offload") -> str:
 
 
 @contextlib.contextmanager
-def _loading_with(offload: str) -> Iterator[None]:
-    token = _LOADING_OFFLOAD.set(offload)
+def _loading_with(offload: str) -> Iterator[list]:
+    """While a component loads: how ``place`` puts it, and the list of the modules it placed."""
+    placed: list = []
+    token, token_placed = _LOADING_OFFLOAD.set(offload), _LOADING_PLACED.set(placed)
     try:
-        yield
+        yield placed
     finally:
         _LOADING_OFFLOAD.reset(token)
+        _LOADING_PLACED.reset(token_placed)
 
 
 def place(module: torch.nn.Module, device) -> torch.nn.Module:
@@ -364,6 +374,9 @@ def place(module: torch.nn.Module, device) -> torch.nn.Module:
     (``offload_module``); a model bigger than the card never has to fit on it whole."""
     mode = _LOADING_OFFLOAD.get()
     if mode == "none":
+        placed = _LOADING_PLACED.get()
+        if placed is not None:
+            placed.append(module)
         return module.to(device)
     return offload_module(module, device, mode)
 
@@ -463,6 +476,11 @@ class LazyBackend(VideoBackend):
         self._load_locks = {name: threading.Lock() for name in self._loaders}
         # VAEs keep per-call feature caches on the module: one call at a time per process.
         self._vae_lock = threading.Lock()
+        # components moved to CPU memory until their next use (``park``), the modules each placed
+        # on the device as it loaded, and one lock per component held while it is used or moved
+        self._parked: set[str] = set()
+        self._placed: dict[str, list] = {}
+        self._use_locks = {name: threading.RLock() for name in self._loaders}
 
     # For families whose output depends on absolute positions: start a tile's positions at its
     # canvas offset (True), or at 0 as a native-size render would (False; ``supergen.json``
@@ -476,13 +494,16 @@ class LazyBackend(VideoBackend):
         return offset[0] / patch, offset[1] / patch
 
     def _get(self, name: str):
+        if name in self._parked:
+            self._unpark(name)
         comp = self._components.get(name)
         if comp is None:
             with self._load_locks.setdefault(name, threading.Lock()):  # atomic in CPython
                 comp = self._components.get(name)
                 if comp is None:
-                    with _loading_with("none" if name in self.resident else self.offload):
+                    with _loading_with("none" if name in self.resident else self.offload) as placed:
                         comp = self._loaders[name]()
+                    self._placed[name] = placed
                     if name in self.denoisers and (self.attention or self.compile):
                         from pipelines.acceleration import accelerate
 
@@ -504,8 +525,34 @@ class LazyBackend(VideoBackend):
     def encode_prompt(
         self, prompt: str, negative_prompt: str = "", **options: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        pos, neg = self._get("text")(prompt, negative_prompt, **options)
+        with self._use_locks.setdefault("text", threading.RLock()):  # not parked mid-call
+            pos, neg = self._get("text")(prompt, negative_prompt, **options)
         return pos.float().cpu(), neg.float().cpu()
+
+    def park(self, name: str) -> bool:
+        """Move loaded component ``name``'s weights to CPU memory until its next use, which moves
+        them back (a GPU worker's text encoder: used once per render, before any denoising, and
+        the largest weights after the denoiser's). False, doing nothing, when the device is the
+        CPU, the component is not loaded or its weights are offloaded already."""
+        if torch.device(self.device).type == "cpu" or name not in self._components:
+            return False
+        placed = self._placed.get(name)
+        if not placed:  # offloaded (place kept no modules), or placed by other means
+            return False
+        with self._use_locks.setdefault(name, threading.RLock()):
+            for m in placed:
+                m.to("cpu")
+            self._parked.add(name)
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.empty_cache()
+        return True
+
+    def _unpark(self, name: str) -> None:
+        with self._use_locks.setdefault(name, threading.RLock()):
+            if name in self._parked:
+                for m in self._placed.get(name, ()):
+                    m.to(self.device)
+                self._parked.discard(name)
 
 
 # -- model directories ----------------------------------------------------------------------------

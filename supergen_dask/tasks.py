@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from supergen_dask import cache as region_cache
-from supergen_dask import worker_models
+from supergen_dask import config, worker_models
 from supergen_dask.conditioning import blank_condition, prompt_options, tile_image
 from supergen_dask.geometry import TileKey
 from supergen_dask.noise import position_noise, window_noise
@@ -120,7 +120,9 @@ def encode_prompt(plan: RenderPlan, url: str, instance: str, *deps) -> dict:
     pos, neg = backend.encode_prompt(plan.spec.prompt, plan.spec.negative_prompt, **prompt_options(plan))
     store.write_prompt_embeds(neg.numpy(), pos.numpy())
     store.mark_task_done("prompt")
-    return _receipt("prompt", "prompt", t0)
+    # the text encoder is not needed again until the next render's prompt: off the card meanwhile
+    parked = not config.get("worker.keep-text-encoder") and backend.park("text")
+    return _receipt("prompt", "prompt", t0, parked_text_encoder=parked)
 
 
 # -- stage inputs ---------------------------------------------------------------------------------

@@ -184,3 +184,17 @@ def test_python_api_refuses_bad_worker_settings_before_the_store_is_made(tmp_pat
     with dask.config.set({f"supergen.worker.{key}": bad}), pytest.raises(ValueError, match=match):
         sd.render(tiny_spec(), output_dir=tmp_path / "r", client=client, progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_the_text_encoders_modules_are_known_and_parking_is_a_no_op_on_the_cpu():
+    backend = load_backend("toy-wan")
+    before = backend.encode_prompt("a red circle moving right")
+    # what park would move off a GPU: the modules the text component placed as it loaded
+    assert [type(m).__name__ for m in backend._placed["text"]] == ["UMT5EncoderModel"]
+    assert backend.park("text") is False and not backend._parked  # CPU memory already
+    assert backend.park("transformer") is False  # not loaded
+    after = backend.encode_prompt("a red circle moving right")
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    offloaded = load_backend("toy-wan", offload="block")
+    offloaded.encode_prompt("a red circle")
+    assert offloaded._placed["text"] == []  # offloaded weights are not parked: they move per forward

@@ -313,3 +313,33 @@ def test_offloaded_weights_give_the_same_bytes_in_less_gpu_memory(tmp_path):
     assert runs["none"]["after"] - runs["block"]["after"] >= weights - 32 * mib
     # per layer holds less than per block (the largest layer, an FFN matrix: ~28 MB)
     assert runs["leaf"]["peak"] <= runs["block"]["peak"], runs
+
+
+def _text_encoder_places() -> list[str]:
+    """On a worker: where each backend's text encoder weights are, and whether it is parked."""
+    from supergen_dask import worker_models as wm
+
+    out = []
+    for backend in wm._BACKENDS.values():
+        for m in getattr(backend, "_placed", {}).get("text", ()):
+            devices = {p.device.type for p in m.parameters()}
+            out.append(f"{'parked' if 'text' in backend._parked else 'resident'}:{','.join(sorted(devices))}")
+    return out
+
+
+def test_the_text_encoder_leaves_the_card_after_the_prompt_and_comes_back_for_the_next(tmp_path):
+    """``supergen.worker.keep-text-encoder: false`` (the default): once a render's prompt is encoded
+    the worker's UMT5 is in CPU memory through the denoising; the next render's prompt brings it
+    back, and its embeddings are those of an encoder that never moved."""
+    from pipelines.wan import save_tiny_pipeline
+
+    model = str(save_tiny_pipeline(tmp_path / "tiny-wan"))
+    first = _render(_spec(model=model), tmp_path / "a", 1)
+    assert any(r.get("parked_text_encoder") for r in first.receipts if r["task"] == "prompt")
+    assert set().union(*(set(v) for v in _client(1).run(_text_encoder_places).values())) == {"parked:cpu"}
+    second = _render(_spec(model=model, prompt="a blue square moving left"), tmp_path / "b", 1)
+    fresh = worker_models.get_backend(model, "bfloat16")  # this process: loaded on the card, never parked
+    pos, neg = fresh.encode_prompt("a blue square moving left", "")
+    stored_neg, stored_pos = RenderStore.open(str(second.store_path), mode="r").read_prompt_embeds()
+    np.testing.assert_array_equal(stored_pos, pos.numpy())
+    np.testing.assert_array_equal(stored_neg, neg.numpy())
