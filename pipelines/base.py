@@ -37,6 +37,10 @@ __all__ = [
     "read_overrides",
     "pack_text",
     "unpack_text",
+    "cast_weights",
+    "seeded",
+    "no_weight_init",
+    "drawn_on_device",
 ]
 
 
@@ -644,3 +648,96 @@ def unpack_text(
         mask = packed[:, :, -1]
         packed = packed[:, :, :-1]
     return packed, mask, pooled
+
+
+# -- random weights for models built in code (the presets) ----------------------------------------
+def _fp32_module(name: str, keep: tuple[str, ...]) -> bool:
+    """Whether module ``name`` is one a model keeps in float32 (``_keep_in_fp32_modules``)."""
+    return bool(name) and any(k in name.split(".") for k in keep)
+
+
+def cast_weights(model: torch.nn.Module, device, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast to ``dtype``, keeping the modules the model wants in float32 (as
+    ``from_pretrained(torch_dtype=...)`` does), then place on ``device`` (cast first: an offloaded
+    model keeps copies of its weights as they are when placed)."""
+    if dtype != torch.float32:
+        keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+        for name, module in model.named_modules():
+            if _fp32_module(name, keep):
+                continue
+            for p in module.parameters(recurse=False):
+                p.data = p.data.to(dtype)
+            for b_name, b in module.named_buffers(recurse=False):
+                if b.is_floating_point():
+                    module._buffers[b_name] = b.to(dtype)
+    return place(model, device).eval().requires_grad_(False)
+
+
+def seeded(build: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
+    """``build()`` with the CPU generator seeded (its default initialisers draw from it), the
+    caller's random state left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+@contextlib.contextmanager
+def no_weight_init():
+    """Build modules without running their weight initialisers (the weights are drawn after)."""
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
+
+
+def _draw(name: str, p: torch.Tensor, gen: torch.Generator) -> None:
+    if p.ndim == 1 and name.endswith("bias"):
+        p.zero_()
+    elif p.ndim == 1 and "norm" in name:
+        p.fill_(1.0)
+    else:
+        p.normal_(0.0, 0.02, generator=gen)
+
+
+def drawn_on_device(
+    build: Callable[[], torch.nn.Module], seed: int, device, dtype: torch.dtype | None = None
+) -> torch.nn.Module:
+    """Random weights drawn on ``device`` from a seeded generator: norms 1, biases 0, the rest
+    N(0, 0.02). Identical on every card of one kind; for timing presets, where a CPU draw of
+    billions of weights would dominate a worker's start.
+
+    Without ``dtype`` the model goes to ``device`` whole in float32 and is drawn there. With
+    ``dtype``, each weight is drawn in float32 and stored in ``dtype`` at once (the model's float32
+    modules kept), so neither the card nor host memory ever holds the float32 model (52 GB for a
+    13B one); the values are those of the float32 draw cast with ``cast_weights``."""
+    with no_weight_init():
+        model = build()  # host memory reserved, never written: the weights are replaced below
+    gen = torch.Generator(device=device).manual_seed(seed)
+    if dtype is None:
+        model = model.to(device)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                _draw(name, p, gen)
+        return model
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    drawn: dict[int, torch.nn.Parameter] = {}  # a weight shared by two modules is drawn once
+    with torch.no_grad():
+        for mod_name, module in model.named_modules():  # named_parameters' order
+            target = torch.float32 if _fp32_module(mod_name, keep) else dtype
+            for p_name, p in list(module._parameters.items()):
+                if p is None:
+                    continue
+                if id(p) not in drawn:
+                    full = torch.empty(p.shape, device=device, dtype=torch.float32)
+                    _draw(f"{mod_name}.{p_name}" if mod_name else p_name, full, gen)
+                    drawn[id(p)] = torch.nn.Parameter(full.to(target), requires_grad=p.requires_grad)
+                module._parameters[p_name] = drawn[id(p)]
+            for b_name, b in list(module._buffers.items()):
+                if b is not None:
+                    module._buffers[b_name] = b.to(device, target if b.is_floating_point() else b.dtype)
+    return model.to(device)

@@ -11,7 +11,6 @@ Three ways to get one:
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +23,12 @@ from pipelines.base import (
     ImageCondition,
     LazyBackend,
     ModelInfo,
+    cast_weights,
     directory_revision,
+    drawn_on_device,
     load_component,
-    place,
     read_overrides,
+    seeded,
 )
 from pipelines.text import HashTextEncoder
 
@@ -413,62 +414,6 @@ class WanBackend(LazyBackend):
         return video.clamp(-1, 1).float()
 
 
-def _cast(model: torch.nn.Module, device, dtype: torch.dtype) -> torch.nn.Module:
-    """Cast to ``dtype``, keeping the modules the model wants in float32 (as
-    ``from_pretrained(torch_dtype=...)`` does), then place on ``device`` (cast first: an offloaded
-    model keeps copies of its weights as they are when placed)."""
-    if dtype != torch.float32:
-        keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
-        for name, module in model.named_modules():
-            if name and any(k in name.split(".") for k in keep):
-                continue
-            for p in module.parameters(recurse=False):
-                p.data = p.data.to(dtype)
-            for b_name, b in module.named_buffers(recurse=False):
-                if b.is_floating_point():
-                    module._buffers[b_name] = b.to(dtype)
-    return place(model, device).eval().requires_grad_(False)
-
-
-def _seeded(build: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
-
-
-@contextlib.contextmanager
-def _no_weight_init():
-    """Build modules without running their weight initialisers (the weights are drawn after)."""
-    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
-    saved = {n: getattr(torch.nn.init, n) for n in names}
-    try:
-        for n in names:
-            setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
-        yield
-    finally:
-        for n, fn in saved.items():
-            setattr(torch.nn.init, n, fn)
-
-
-def _drawn_on_device(build: Callable[[], torch.nn.Module], seed: int, device) -> torch.nn.Module:
-    """Random weights drawn on ``device`` from a seeded generator: norms 1, biases 0, the rest
-    N(0, 0.02). Identical on every card of one kind; for timing presets, where a CPU draw of
-    billions of weights would dominate a worker's start."""
-    with _no_weight_init():
-        model = build()
-    model = model.to(device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 1 and name.endswith("bias"):
-                p.zero_()
-            elif p.ndim == 1 and "norm" in name:
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, 0.02, generator=gen)
-    return model
-
-
 def load_preset(
     name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> WanBackend:
@@ -482,11 +427,11 @@ def load_preset(
     def transformer():
         build = lambda: WanTransformer3DModel(**p["transformer"])  # noqa: E731
         if p.get("device_init") and torch.device(device).type == "cuda":
-            return _cast(_drawn_on_device(build, 1, device), device, dtype)
-        return _cast(_seeded(build, 1), device, dtype)
+            return cast_weights(drawn_on_device(build, 1, device), device, dtype)
+        return cast_weights(seeded(build, 1), device, dtype)
 
     def vae():
-        m = _cast(_seeded(lambda: AutoencoderKLWan(**p["vae"]), 2), device, torch.float32)
+        m = cast_weights(seeded(lambda: AutoencoderKLWan(**p["vae"]), 2), device, torch.float32)
         m.enable_tiling()
         return m
 

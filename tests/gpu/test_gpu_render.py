@@ -236,7 +236,7 @@ def test_two_gpu_slots_take_turns_on_the_card_and_give_the_same_bytes(tmp_path):
 
 
 def _weight_bytes(model: torch.nn.Module, prefix: str = "") -> int:
-    """Bytes of the weights of ``model`` whose names start with ``prefix``, as ``pipelines.wan._cast``
+    """Bytes of the weights of ``model`` whose names start with ``prefix``, as ``pipelines.base.cast_weights``
     places them in bfloat16: the modules the model keeps in float32 in float32."""
     keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
     total = 0
