@@ -23,6 +23,10 @@ What differs from Wan, and how the backend hides it from the renderer:
 - **Image-to-video** (``CogVideoXImageToVideoPipeline``): ``encode_image`` gives the image's
   latent in the first latent frame and zeros elsewhere, concatenated to a tile's channels by
   ``predict`` (plus 1.5's constant ``ofs``); the renderer hands each tile its crop (``--image``).
+- **Preset** ``random-cogvideox1.5-5b-shape``: random weights in the exact shape of
+  CogVideoX1.5-5B's transformer and VAE, with hashed prompt embeddings of T5's shape (for timing on
+  a GPU: random weights cost what real ones cost); its ModelInfo is what ``directory_info`` gives
+  for the real checkpoint.
 - **Not supported**: ``use_dynamic_cfg`` (a guidance scale that changes every step) and
   CogVideoX-2B's absolute sincos position embeddings (refused at load).
 """
@@ -41,10 +45,14 @@ from pipelines.base import (
     LazyBackend,
     ModelDirectoryError,
     ModelInfo,
+    cast_weights,
     directory_revision,
+    drawn_on_device,
     load_component,
     read_overrides,
+    seeded,
 )
+from pipelines.text import HashTextEncoder
 
 __all__ = [
     "DEFAULTS",
@@ -53,6 +61,10 @@ __all__ = [
     "CogVideoXBackend",
     "directory_info",
     "load_directory",
+    "load_preset",
+    "preset_info",
+    "preset_names",
+    "preset_transformer_config",
     "rotary_tables",
     "save_tiny_pipeline",
 ]
@@ -123,6 +135,117 @@ SCHEDULER_CONFIG: dict[str, Any] = dict(
     timestep_spacing="trailing",
 )
 
+# CogVideoX1.5-5B's transformer/config.json (diffusers' conversion of the 1.5 checkpoint: 48 heads
+# of 64, 42 layers, temporal patch 2, rotary positions, no patch bias, 300x300 sample grid)
+COGVIDEOX15_5B_TRANSFORMER_CONFIG: dict[str, Any] = dict(
+    activation_fn="gelu-approximate",
+    attention_bias=True,
+    attention_head_dim=64,
+    dropout=0.0,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    in_channels=16,
+    max_text_seq_length=226,
+    norm_elementwise_affine=True,
+    norm_eps=1e-5,
+    num_attention_heads=48,
+    num_layers=42,
+    out_channels=16,
+    patch_bias=False,
+    patch_size=2,
+    patch_size_t=2,
+    sample_frames=81,
+    sample_height=300,
+    sample_width=300,
+    spatial_interpolation_scale=1.875,
+    temporal_compression_ratio=4,
+    temporal_interpolation_scale=1.0,
+    text_embed_dim=4096,
+    time_embed_dim=512,
+    timestep_activation_fn="silu",
+    use_learned_positional_embeddings=False,
+    use_rotary_positional_embeddings=True,
+)
+# its vae/config.json: AutoencoderKLCogVideoX's defaults (4 blocks of 128, 256, 256, 512 channels,
+# 3 layers each, 16 latent channels) with the 5B scaling factor and 1.5's inverted latent scale
+COGVIDEOX15_5B_VAE_CONFIG: dict[str, Any] = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=["CogVideoXDownBlock3D"] * 4,
+    up_block_types=["CogVideoXUpBlock3D"] * 4,
+    block_out_channels=[128, 256, 256, 512],
+    latent_channels=16,
+    layers_per_block=3,
+    act_fn="silu",
+    norm_eps=1e-6,
+    norm_num_groups=32,
+    temporal_compression_ratio=4,
+    sample_height=480,
+    sample_width=720,
+    scaling_factor=0.7,
+    force_upcast=True,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+    invert_scale_latents=True,
+)
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    "random-cogvideox1.5-5b-shape": dict(
+        transformer=COGVIDEOX15_5B_TRANSFORMER_CONFIG,
+        vae=COGVIDEOX15_5B_VAE_CONFIG,
+        scheduler=dict(SCHEDULER_CONFIG, _class_name="CogVideoXDPMScheduler"),  # as the checkpoint's
+        description=(
+            "random weights in the shape of CogVideoX1.5-5B (timing only): real-size transformer "
+            "and VAE, hashed prompt embeddings"
+        ),
+    ),
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(_PRESETS)
+
+
+def preset_transformer_config(name: str) -> dict[str, Any]:
+    """The transformer config a preset builds its model from (a copy)."""
+    return dict(_PRESETS[name]["transformer"])
+
+
+def preset_info(name: str) -> ModelInfo:
+    """What ``directory_info`` reads from the real checkpoint's configs (no ``supergen.json``)."""
+    p = _PRESETS[name]
+    return _info(name, p["transformer"], p["vae"], dict(p["scheduler"]), {"description": p["description"]})
+
+
+def load_preset(
+    name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> CogVideoXBackend:
+    """A random-weight preset, identical on every worker of one kind of device: on a GPU the
+    transformer's weights are drawn there (``drawn_on_device``), in ``dtype`` from the start;
+    elsewhere by the seeded default initialisers. Never load a real-size one on a CPU to test it:
+    build it on the ``meta`` device (5.6B weights are 22 GB in float32)."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+
+    p = _PRESETS[name]
+    info = preset_info(name)
+
+    def transformer():
+        build = lambda: CogVideoXTransformer3DModel(**p["transformer"])  # noqa: E731
+        if torch.device(device).type == "cuda":
+            return cast_weights(drawn_on_device(build, 1, device, dtype), device, dtype)
+        return cast_weights(seeded(build, 1), device, dtype)
+
+    def vae():
+        m = cast_weights(seeded(lambda: AutoencoderKLCogVideoX(**p["vae"]), 2), device, torch.float32)
+        m.enable_tiling()
+        return m
+
+    def text():
+        enc = HashTextEncoder(p["transformer"]["text_embed_dim"], info.text_tokens, seed=3)
+        return lambda prompt, negative: (enc(prompt), enc(negative))
+
+    return CogVideoXBackend(info, {"transformer": transformer, "vae": vae, "text": text}, device, dtype)
+
 
 def rotary_tables(
     head_dim: int,
@@ -155,8 +278,15 @@ def rotary_tables(
 
 
 def _info(
-    root: Path, transformer: dict, vae: dict, sched: dict, extra: dict, image: bool = False
+    root: Path | str,
+    transformer: dict,
+    vae: dict,
+    sched: dict,
+    extra: dict,
+    image: bool = False,
+    revision: str = "",
 ) -> ModelInfo:
+    """The ModelInfo of a CogVideoX model from its configs (``root`` names it)."""
     v15 = transformer.get("patch_size_t") is not None
     if not transformer.get("use_rotary_positional_embeddings", False):
         raise ModelDirectoryError(
@@ -189,7 +319,7 @@ def _info(
         latent_frame_multiple=int(p_t),
         latent_pad_frames=1 if p_t > 1 else 0,
         description=extra.get("description", f"CogVideoX {'1.5' if v15 else '1.0'} model from {root}"),
-        revision=directory_revision(root),
+        revision=revision,
         **fields,
     )
 
@@ -206,6 +336,7 @@ def directory_info(path: str | Path) -> ModelInfo:
         read("scheduler", "scheduler_config.json"),
         read_overrides(root),
         image,
+        revision=directory_revision(root),
     )
 
 
