@@ -107,9 +107,7 @@ def model_directory(ref: str) -> Path | None:
     shipped = _shipped()
     if ref in shipped:
         return shipped[ref]
-    from pipelines import wan
-
-    if ref in wan.preset_names() or not (Path(ref) / "model_index.json").is_file():
+    if ref in _presets() or not (Path(ref) / "model_index.json").is_file():
         return None
     return Path(ref)
 

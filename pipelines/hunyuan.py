@@ -40,6 +40,10 @@ What differs from Wan, and how the backend hides it from the renderer:
     timestep 0;
   - not reproduced: the pipeline starts from ``0.999 * noise + 0.001 * image latent`` (every
     frame); a render starts from the noise alone.
+- **Preset** ``random-hunyuanvideo-shape``: random weights in the exact shape of HunyuanVideo's 13B
+  transformer (guidance embeddings on) and its VAE, with hashed prompt conditioning of the real
+  shapes (Llama's 256 x 4096 tokens and mask, CLIP's pooled 768), for timing on a GPU; its
+  ModelInfo is what ``directory_info`` gives for the real checkpoint.
 """
 
 from __future__ import annotations
@@ -56,13 +60,17 @@ from pipelines.base import (
     ImageCondition,
     LazyBackend,
     ModelInfo,
+    cast_weights,
     directory_revision,
+    drawn_on_device,
     load_component,
     pack_text,
     place,
     read_overrides,
+    seeded,
     unpack_text,
 )
+from pipelines.text import HashTextEncoder
 
 __all__ = [
     "DEFAULTS",
@@ -74,6 +82,10 @@ __all__ = [
     "OffsetRotary",
     "directory_info",
     "load_directory",
+    "load_preset",
+    "preset_info",
+    "preset_names",
+    "preset_transformer_config",
     "pack_prompt",
     "unpack_prompt",
     "save_tiny_pipeline",
@@ -145,6 +157,142 @@ TINY_VAE_CONFIG: dict[str, Any] = dict(
     temporal_compression_ratio=4,
     mid_block_add_attention=True,
 )
+
+
+# HunyuanVideo's transformer/config.json (diffusers' HunyuanVideoTransformer3DModel defaults: 24 heads
+# of 128, 20 dual-stream and 40 single-stream blocks, guidance embeddings, Llama 4096 + CLIP 768)
+HUNYUAN_13B_TRANSFORMER_CONFIG: dict[str, Any] = dict(
+    in_channels=16,
+    out_channels=16,
+    num_attention_heads=24,
+    attention_head_dim=128,
+    num_layers=20,
+    num_single_layers=40,
+    num_refiner_layers=2,
+    mlp_ratio=4.0,
+    patch_size=2,
+    patch_size_t=1,
+    qk_norm="rms_norm",
+    guidance_embeds=True,
+    text_embed_dim=4096,
+    pooled_projection_dim=768,
+    rope_theta=256.0,
+    rope_axes_dim=(16, 56, 56),
+)
+# its vae/config.json (AutoencoderKLHunyuanVideo's defaults: 8x spatial, 4x temporal, 16 channels)
+HUNYUAN_VAE_CONFIG: dict[str, Any] = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=16,
+    down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+    up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    act_fn="silu",
+    norm_num_groups=32,
+    scaling_factor=0.476986,
+    spatial_compression_ratio=8,
+    temporal_compression_ratio=4,
+    mid_block_add_attention=True,
+)
+# its scheduler/scheduler_config.json
+HUNYUAN_SCHEDULER_CONFIG: dict[str, Any] = dict(
+    base_image_seq_len=256,
+    base_shift=0.5,
+    invert_sigmas=False,
+    max_image_seq_len=4096,
+    max_shift=1.15,
+    num_train_timesteps=1000,
+    shift=7.0,
+    shift_terminal=None,
+    use_beta_sigmas=False,
+    use_dynamic_shifting=False,
+    use_exponential_sigmas=False,
+    use_karras_sigmas=False,
+)
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    "random-hunyuanvideo-shape": dict(
+        transformer=HUNYUAN_13B_TRANSFORMER_CONFIG,
+        vae=HUNYUAN_VAE_CONFIG,
+        scheduler=HUNYUAN_SCHEDULER_CONFIG,
+        description=(
+            "random weights in the shape of HunyuanVideo (timing only): real-size 13B transformer "
+            "and VAE, hashed prompt conditioning"
+        ),
+    ),
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(_PRESETS)
+
+
+def preset_transformer_config(name: str) -> dict[str, Any]:
+    """The transformer config a preset builds its model from (a copy)."""
+    return dict(_PRESETS[name]["transformer"])
+
+
+def preset_info(name: str) -> ModelInfo:
+    """What ``directory_info`` reads from the real checkpoint's configs (no ``supergen.json``)."""
+    p = _PRESETS[name]
+    return _info(name, p["transformer"], p["vae"], dict(p["scheduler"]), {"description": p["description"]})
+
+
+class _HashPrompt:
+    """The text conditioning of a preset in the real encoders' shapes: hashed word embeddings for
+    Llama's hidden states (``tokens`` x ``dim``) with the mask of a prompt as long (its words and
+    one end token, the rest padding) and, for CLIP's pooled vector, the mean of hashed embeddings."""
+
+    def __init__(self, dim: int, pooled_dim: int, tokens: int):
+        self.tokens = tokens
+        self.text = HashTextEncoder(dim, tokens, seed=3)
+        self.pooled = HashTextEncoder(pooled_dim, 77, seed=4)
+
+    def __call__(self, prompt: str, guidance: float) -> torch.Tensor:
+        embeds = self.text(prompt)
+        mask = torch.zeros(self.tokens)
+        mask[: min(self.tokens, len(self.text.tokenize(prompt)) + 1)] = 1
+        return pack_prompt(embeds, mask, self.pooled(prompt).mean(0), guidance, self.tokens)
+
+
+def load_preset(
+    name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> HunyuanVideoBackend:
+    """A random-weight preset, identical on every worker of one kind of device: on a GPU the
+    transformer's weights are drawn there (``drawn_on_device``), in ``dtype`` from the start, so
+    the card never holds the 52 GB float32 model; elsewhere by the seeded default initialisers.
+    Never load a real-size one on a CPU to test it: build it on the ``meta`` device."""
+    from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
+
+    p = _PRESETS[name]
+    info = preset_info(name)
+    cfg = p["transformer"]
+
+    def transformer():
+        build = lambda: HunyuanVideoTransformer3DModel(**cfg)  # noqa: E731
+        if torch.device(device).type == "cuda":
+            m = drawn_on_device(build, 1, device, dtype)
+        else:
+            m = seeded(build, 1)
+        m.rope = OffsetRotary(m.rope)
+        return cast_weights(m, device, dtype)
+
+    def vae():
+        m = cast_weights(seeded(lambda: AutoencoderKLHunyuanVideo(**p["vae"]), 2), device, torch.float32)
+        m.enable_tiling()
+        return m
+
+    def text():
+        prompt = _HashPrompt(cfg["text_embed_dim"], cfg["pooled_projection_dim"], info.text_tokens - 1)
+
+        def encode(prompt_text: str, negative: str, embedded_guidance_scale: float | None = None):
+            g = _guidance(info, embedded_guidance_scale)
+            return prompt(prompt_text, g), prompt(negative, g)
+
+        return encode
+
+    return HunyuanVideoBackend(info, {"transformer": transformer, "vae": vae, "text": text}, device, dtype)
 
 
 class OffsetRotary(torch.nn.Module):
@@ -225,14 +373,30 @@ def directory_info(path: str | Path) -> ModelInfo:
     vae = json.loads((root / "vae" / "config.json").read_text())
     sched = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
     index = json.loads((root / "model_index.json").read_text())
-    extra = read_overrides(root)
+    image = index.get("_class_name") == "HunyuanVideoImageToVideoPipeline"
+    if image and transformer.get("image_condition_type") in IMAGE_CONDITIONS:
+        (root / "image_processor" / "preprocessor_config.json").stat()  # Llava's image processor
+    return _info(
+        str(root), transformer, vae, sched, read_overrides(root), image, revision=directory_revision(root)
+    )
+
+
+def _info(
+    name: str,
+    transformer: dict,
+    vae: dict,
+    sched: dict,
+    extra: dict,
+    image: bool = False,
+    revision: str = "",
+) -> ModelInfo:
+    """The ModelInfo of a HunyuanVideo model from its configs and ``supergen.json`` (``extra``)."""
     fields = DEFAULTS.overrides(extra)
     in_channels = int(transformer.get("in_channels", 16))
     temporal = int(vae.get("temporal_compression_ratio", 4))
     text_dim = int(transformer.get("text_embed_dim", 4096))
     if int(transformer.get("pooled_projection_dim", 768)) > text_dim:
         raise ValueError("pooled_projection_dim is larger than text_embed_dim: cannot pack the prompt")
-    image = index.get("_class_name") == "HunyuanVideoImageToVideoPipeline"
     condition = transformer.get("image_condition_type") if image else None
     channels, image_fields = in_channels, {}
     if image:
@@ -240,7 +404,6 @@ def directory_info(path: str | Path) -> ModelInfo:
             raise ValueError(
                 f"transformer image_condition_type {condition!r} is not one of {list(IMAGE_CONDITIONS)}"
             )
-        (root / "image_processor" / "preprocessor_config.json").stat()  # Llava's image processor
         concat = condition == "latent_concat"
         channels = (in_channels - 1) // 2 if concat else in_channels
         # the prompt: image tokens first, then the text less the 4 tokens the pipeline crops out
@@ -259,7 +422,7 @@ def directory_info(path: str | Path) -> ModelInfo:
     sched["sigma_spacing"] = "linspace_to_0"
     guided = bool(transformer.get("guidance_embeds", True))
     return ModelInfo(
-        name=str(root),
+        name=name,
         family="hunyuan",
         spatial_factor=int(vae.get("spatial_compression_ratio", 8)),
         temporal_factor=temporal,
@@ -272,8 +435,8 @@ def directory_info(path: str | Path) -> ModelInfo:
         embedded_guidance=(
             float(extra.get("embedded_guidance_scale", DEFAULT_EMBEDDED_GUIDANCE)) if guided else None
         ),
-        description=extra.get("description", f"HunyuanVideo model from {root}"),
-        revision=directory_revision(root),
+        description=extra.get("description", f"HunyuanVideo model from {name}"),
+        revision=revision,
         **image_fields,
         **fields,
     )
