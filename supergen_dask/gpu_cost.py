@@ -47,6 +47,8 @@ class TransformerShape:
     ffn: int
     text_dim: int
     patch_t: int = 1
+    # weights the per-layer formula of ``params`` leaves out (or counts twice), by layout
+    extra_weights: int = 0
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> TransformerShape | None:
@@ -61,12 +63,20 @@ class TransformerShape:
         text = int(cfg.get("text_dim") or cfg.get("text_embed_dim") or cfg.get("caption_channels") or dim)
         patch = cfg.get("patch_size")
         pt = int(patch[0]) if isinstance(patch, list | tuple) else int(cfg.get("patch_size_t") or 1)
-        return cls(layers, dim, ffn, text, max(1, pt))
+        extra = 0
+        if cfg.get("num_single_layers"):
+            # dual-stream blocks then single-stream ones (HunyuanVideo): a dual block has a second
+            # feed-forward (the text stream's) and two 6-way modulations, 20 d^2 more than the
+            # formula; a single block fuses attention and MLP with a 3-way modulation, d^2 less
+            dual, single = int(cfg["num_layers"]), int(cfg["num_single_layers"])
+            extra = (20 * dual - single) * dim * dim
+        return cls(layers, dim, ffn, text, max(1, pt), extra)
 
     @property
     def params(self) -> int:
         """Weights of the blocks (attention, cross-attention, feed-forward) and the text projection."""
-        return self.layers * (8 * self.dim * self.dim + 2 * self.dim * self.ffn) + self.text_dim * self.dim
+        per_layer = 8 * self.dim * self.dim + 2 * self.dim * self.ffn
+        return self.layers * per_layer + self.text_dim * self.dim + self.extra_weights
 
 
 def forward_flops(shape: TransformerShape, tokens: int, text_tokens: int) -> float:

@@ -72,3 +72,25 @@ def test_dry_run_prints_the_gpu_estimate_labelled(tmp_path, capsys):
     assert "an estimate for one NVIDIA H200 in bf16" in line and "of GPU time" in line
     assert "+0.0% compute on padding" in out
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "cls_name, published",
+    [
+        # weights counted on the meta device (tests/test_real_size_presets.py)
+        ("HunyuanVideoTransformer3DModel", 12_821_012_544),
+        ("WanTransformer3DModel", None),
+    ],
+)
+def test_weight_count_of_the_estimate_is_near_the_models(cls_name, published):
+    import diffusers
+    import torch
+
+    cls = getattr(diffusers, cls_name)
+    with torch.device("meta"):
+        model = cls()  # the class's defaults: HunyuanVideo's are the 13B model's
+    real = sum(p.numel() for p in model.parameters())
+    assert published is None or real == published
+    estimate = TransformerShape.from_config(dict(model.config)).params
+    # the formula counts the blocks and the text projection; embeddings and norms are left out
+    assert 0.95 * real <= estimate <= 1.0 * real, (estimate, real)
