@@ -142,20 +142,28 @@ TINY_TRANSFORMER_CONFIG: dict[str, Any] = dict(
     pooled_projection_dim=8,
     rope_axes_dim=(2, 4, 4),
 )
-TINY_VAE_CONFIG: dict[str, Any] = dict(
+# its vae/config.json (AutoencoderKLHunyuanVideo's defaults: 8x spatial, 4x temporal, 16 channels)
+HUNYUAN_VAE_CONFIG: dict[str, Any] = dict(
     in_channels=3,
     out_channels=3,
-    latent_channels=4,
+    latent_channels=16,
     down_block_types=("HunyuanVideoDownBlock3D",) * 4,
     up_block_types=("HunyuanVideoUpBlock3D",) * 4,
-    block_out_channels=(8, 8, 8, 8),
-    layers_per_block=1,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
     act_fn="silu",
-    norm_num_groups=4,
+    norm_num_groups=32,
     scaling_factor=0.476986,
     spatial_compression_ratio=8,
     temporal_compression_ratio=4,
     mid_block_add_attention=True,
+)
+TINY_VAE_CONFIG: dict[str, Any] = dict(
+    HUNYUAN_VAE_CONFIG,
+    latent_channels=4,
+    block_out_channels=(8, 8, 8, 8),
+    layers_per_block=1,
+    norm_num_groups=4,
 )
 
 
@@ -178,22 +186,6 @@ HUNYUAN_13B_TRANSFORMER_CONFIG: dict[str, Any] = dict(
     pooled_projection_dim=768,
     rope_theta=256.0,
     rope_axes_dim=(16, 56, 56),
-)
-# its vae/config.json (AutoencoderKLHunyuanVideo's defaults: 8x spatial, 4x temporal, 16 channels)
-HUNYUAN_VAE_CONFIG: dict[str, Any] = dict(
-    in_channels=3,
-    out_channels=3,
-    latent_channels=16,
-    down_block_types=("HunyuanVideoDownBlock3D",) * 4,
-    up_block_types=("HunyuanVideoUpBlock3D",) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    act_fn="silu",
-    norm_num_groups=32,
-    scaling_factor=0.476986,
-    spatial_compression_ratio=8,
-    temporal_compression_ratio=4,
-    mid_block_add_attention=True,
 )
 # its scheduler/scheduler_config.json
 HUNYUAN_SCHEDULER_CONFIG: dict[str, Any] = dict(
