@@ -527,7 +527,15 @@ class RenderJob:
         self.store = prepare_store(plan, self.location, overwrite=overwrite)
         self._sessions = list(self.store.attrs.get("sessions", []))
         self.session = len(self._sessions) + 1
-        self._sessions.append({"session": self.session, "started": _now(), "status": "running"})
+        self._sessions.append(
+            {
+                "session": self.session,
+                "started": _now(),
+                "status": "running",
+                # by worker address: slots, offload, attention kernel, compile (worker_models)
+                "worker_settings": client.run(worker_models.worker_settings),
+            }
+        )
         self.store.update_attrs(sessions=self._sessions)
         self.video_path = self.location / VIDEO_NAME
         self._t0 = time.perf_counter()

@@ -24,6 +24,7 @@ __all__ = [
     "gpu_identity",
     "offload_setting",
     "acceleration_setting",
+    "worker_settings",
     "get_backend",
     "resident",
     "prompt_embeds",
@@ -146,6 +147,21 @@ def get_backend(model: str, dtype: str) -> VideoBackend:
                 _BACKENDS[key] = backend
                 _LOADS.append((model, time.time()))
     return backend
+
+
+def worker_settings(dask_worker=None) -> dict:
+    """How this worker runs models (for ``client.run``; a render's session records it): its
+    ``GPU`` slots, offload mode, attention backend, compile and whether it keeps the text encoder
+    on the card, from its own configuration (an existing cluster's workers may differ from the
+    driver's)."""
+    resources = dict(dask_worker.state.total_resources) if dask_worker is not None else {}
+    return {
+        "gpu_slots": resources.get("GPU"),
+        "offload": config.get("worker.offload", "none"),
+        "attention": config.get("worker.attention"),
+        "compile": config.get("worker.compile", False),
+        "keep_text_encoder": bool(config.get("worker.keep-text-encoder")),
+    }
 
 
 def resident() -> list[dict[str, str]]:

@@ -79,3 +79,18 @@ def test_gpu_slots_setting_is_checked():
         with dask.config.set({"supergen.cluster.gpu-slots": bad}):
             with pytest.raises(ValueError, match="supergen.cluster.gpu-slots must be an integer >= 1"):
                 gpu_worker_threads()
+
+
+def test_a_session_records_how_its_workers_run_models(tmp_path, client):
+    result = sd.render(tiny_spec(), output_dir=tmp_path / "r", client=client, progress=False)
+    session = RenderStore.open(str(result.store_path), mode="r").attrs["sessions"][-1]
+    settings = session["worker_settings"]
+    assert sorted(settings) == sorted(client.scheduler_info()["workers"])
+    for s in settings.values():
+        assert s == {
+            "gpu_slots": 1,
+            "offload": "none",
+            "attention": None,
+            "compile": False,
+            "keep_text_encoder": False,
+        }
