@@ -28,6 +28,7 @@ pre-flight estimate); the JSON says which were used and why. Progress lines go t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -177,17 +178,10 @@ def bare_forward(plan, shape, batch: int, reps: int) -> dict[str, Any]:
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(batch, *shape, device="cuda", generator=g)
     t = torch.full((batch,), 700.0, device="cuda")
-    for _ in range(2):
-        backend.predict(x, t, emb)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        backend.predict(x, t, emb)
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from forward_timing import time_forwards
+
+    times, _ = time_forwards(functools.partial(backend.predict, x, t, emb), reps, warmup=1)  # 2 calls before
     peak = torch.cuda.max_memory_allocated() / 2**30
     del backend
     torch.cuda.empty_cache()

@@ -14,6 +14,7 @@ Never run this on a CPU and call it a GPU figure: it refuses to run without CUDA
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -38,6 +39,12 @@ def wan_forward_flops(tokens: int, layers=30, dim=1536, ffn=8960, text=512) -> f
         + 2 * tokens * dim * ffn * 2  # feed-forward
     )
     return layers * per_layer
+
+
+def _guided(predict, x, t, emb):
+    """A tile's forward as a task runs it: the guidance batch of two, combined."""
+    u, c = predict(x, t, emb).chunk(2)
+    return u + 5.0 * (c - u)
 
 
 def bare_forward_seconds(
@@ -69,23 +76,10 @@ def bare_forward_seconds(
     x = torch.randn(2, *shape, device="cuda", generator=g)
     emb = torch.randn(2, text_tokens, text_dim, device="cuda", generator=g)
     t = torch.tensor([700.0, 700.0], device="cuda")
-    first0 = time.perf_counter()
-    backend.predict(x, t, emb)
-    torch.cuda.synchronize()
-    first = time.perf_counter() - first0
-    for _ in range(2):
-        backend.predict(x, t, emb)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        out = backend.predict(x, t, emb)
-        u, c = out.chunk(2)
-        _ = u + 5.0 * (c - u)
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from forward_timing import time_forwards
+
+    times, first = time_forwards(functools.partial(_guided, backend.predict, x, t, emb), reps, warmup=2)
     del backend
     torch.cuda.empty_cache()
     return times, first
@@ -127,7 +121,6 @@ def main(argv=None) -> int:
         return 2
 
     import supergen_dask as sd
-    from storage import RenderStore
 
     spec = sd.RenderSpec(
         prompt="a red circle moving right on a blue background",
@@ -146,9 +139,7 @@ def main(argv=None) -> int:
     runs, machine_extra = {}, {}
     for slots in args.gpu_slots:
         print(f"render with {slots} GPU slot(s) per worker", flush=True)
-        runs[str(slots)], machine_extra = _render_run(
-            sd, RenderStore, plan, workdir / f"render-{slots}", slots
-        )
+        runs[str(slots)], machine_extra = _render_run(plan, workdir / f"render-{slots}", slots)
 
     g = plan.refine.grid
     tile_shape = (plan.model.latent_channels, plan.latent_frames, g.tile_h, g.tile_w)
@@ -229,11 +220,14 @@ def main(argv=None) -> int:
     return 0
 
 
-def _render_run(sd, RenderStore, plan, out_dir: Path, slots: int) -> tuple[dict, dict]:
+def _render_run(plan, out_dir: Path, slots: int) -> tuple[dict, dict]:
     """One render with ``slots`` GPU slots per worker, on a fresh cluster: per-tile timings from
     the store, the stage-2 wall and each worker's peak GPU memory."""
     import dask.config
     from distributed import Client
+
+    import supergen_dask as sd
+    from storage import RenderStore
 
     with dask.config.set({"supergen.cluster.gpu-slots": slots}):
         try:

@@ -41,6 +41,8 @@ __all__ = [
     "seeded",
     "no_weight_init",
     "drawn_on_device",
+    "random_weights",
+    "random_vae",
 ]
 
 
@@ -741,3 +743,22 @@ def drawn_on_device(
                 if b is not None:
                     module._buffers[b_name] = b.to(device, target if b.is_floating_point() else b.dtype)
     return model.to(device)
+
+
+def random_weights(
+    build: Callable[[], torch.nn.Module], device, dtype: torch.dtype, *, on_device: bool = True
+) -> torch.nn.Module:
+    """A preset's denoiser with random weights (seed 1), not yet placed: drawn on ``device`` in
+    ``dtype`` when it is a GPU and ``on_device`` (``drawn_on_device``), else by the seeded default
+    initialisers on the CPU (``seeded``). Callers finish with ``cast_weights``."""
+    if on_device and torch.device(device).type == "cuda":
+        return drawn_on_device(build, 1, device, dtype)
+    return seeded(build, 1)
+
+
+def random_vae(build: Callable[[], torch.nn.Module], device) -> torch.nn.Module:
+    """A preset's VAE: the seeded default initialisers (seed 2; drawn weights can make a decode
+    overflow), float32 on ``device``, tiling on."""
+    m = cast_weights(seeded(build, 2), device, torch.float32)
+    m.enable_tiling()
+    return m

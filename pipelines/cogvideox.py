@@ -47,10 +47,10 @@ from pipelines.base import (
     ModelInfo,
     cast_weights,
     directory_revision,
-    drawn_on_device,
     load_component,
+    random_vae,
+    random_weights,
     read_overrides,
-    seeded,
 )
 from pipelines.text import HashTextEncoder
 
@@ -231,14 +231,10 @@ def load_preset(
 
     def transformer():
         build = lambda: CogVideoXTransformer3DModel(**p["transformer"])  # noqa: E731
-        if torch.device(device).type == "cuda":
-            return cast_weights(drawn_on_device(build, 1, device, dtype), device, dtype)
-        return cast_weights(seeded(build, 1), device, dtype)
+        return cast_weights(random_weights(build, device, dtype), device, dtype)
 
     def vae():
-        m = cast_weights(seeded(lambda: AutoencoderKLCogVideoX(**p["vae"]), 2), device, torch.float32)
-        m.enable_tiling()
-        return m
+        return random_vae(lambda: AutoencoderKLCogVideoX(**p["vae"]), device)
 
     def text():
         enc = HashTextEncoder(p["transformer"]["text_embed_dim"], info.text_tokens, seed=3)

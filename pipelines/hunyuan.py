@@ -62,12 +62,12 @@ from pipelines.base import (
     ModelInfo,
     cast_weights,
     directory_revision,
-    drawn_on_device,
     load_component,
     pack_text,
     place,
+    random_vae,
+    random_weights,
     read_overrides,
-    seeded,
     unpack_text,
 )
 from pipelines.text import HashTextEncoder
@@ -262,18 +262,12 @@ def load_preset(
     cfg = p["transformer"]
 
     def transformer():
-        build = lambda: HunyuanVideoTransformer3DModel(**cfg)  # noqa: E731
-        if torch.device(device).type == "cuda":
-            m = drawn_on_device(build, 1, device, dtype)
-        else:
-            m = seeded(build, 1)
+        m = random_weights(lambda: HunyuanVideoTransformer3DModel(**cfg), device, dtype)
         m.rope = OffsetRotary(m.rope)
         return cast_weights(m, device, dtype)
 
     def vae():
-        m = cast_weights(seeded(lambda: AutoencoderKLHunyuanVideo(**p["vae"]), 2), device, torch.float32)
-        m.enable_tiling()
-        return m
+        return random_vae(lambda: AutoencoderKLHunyuanVideo(**p["vae"]), device)
 
     def text():
         prompt = _HashPrompt(cfg["text_embed_dim"], cfg["pooled_projection_dim"], info.text_tokens - 1)

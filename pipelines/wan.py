@@ -25,10 +25,10 @@ from pipelines.base import (
     ModelInfo,
     cast_weights,
     directory_revision,
-    drawn_on_device,
     load_component,
+    random_vae,
+    random_weights,
     read_overrides,
-    seeded,
 )
 from pipelines.text import HashTextEncoder
 
@@ -426,14 +426,11 @@ def load_preset(
 
     def transformer():
         build = lambda: WanTransformer3DModel(**p["transformer"])  # noqa: E731
-        if p.get("device_init") and torch.device(device).type == "cuda":
-            return cast_weights(drawn_on_device(build, 1, device), device, dtype)
-        return cast_weights(seeded(build, 1), device, dtype)
+        on_device = bool(p.get("device_init"))
+        return cast_weights(random_weights(build, device, dtype, on_device=on_device), device, dtype)
 
     def vae():
-        m = cast_weights(seeded(lambda: AutoencoderKLWan(**p["vae"]), 2), device, torch.float32)
-        m.enable_tiling()
-        return m
+        return random_vae(lambda: AutoencoderKLWan(**p["vae"]), device)
 
     def text():
         enc = HashTextEncoder(p["transformer"]["text_dim"], p["text_len"], seed=3)

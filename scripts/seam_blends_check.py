@@ -47,9 +47,8 @@ DISTANCE = seam_module.seam_weight
 
 
 def _distances(y0, x0, h, w, g, offset):
-    dy = seam_module.border_distance(y0, h, offset[0], g.tile_h, g.canvas_h, g.rows)
-    dx = seam_module.border_distance(x0, w, offset[1], g.tile_w, g.canvas_w, g.cols)
-    return np.maximum(np.minimum(dy[:, None], dx[None, :]) - 1, 0)
+    """As the pass's weight measures them: less the one cell touching a border."""
+    return np.maximum(seam_module.window_border_distance(y0, x0, h, w, g, offset) - 1, 0)
 
 
 def switch(band: int):

@@ -36,10 +36,15 @@ def check_cluster_options(n_workers: int | None = None, workers_per_gpu: int | N
     """Raise ``ValueError`` naming the option when a local cluster could never start a worker
     (zero workers would wait for one forever)."""
     for name, value in (("n_workers", n_workers), ("workers_per_gpu", workers_per_gpu)):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if value is not None:
+            _check_count(name, value)
+
+
+def _check_count(name: str, value) -> int:
+    """``value`` if it is an integer >= 1, else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
 
 
 def connect(address: str, timeout: float | None = None) -> Client:
@@ -132,15 +137,12 @@ def make_cluster(
 def gpu_worker_threads() -> tuple[int, int]:
     """``(threads, GPU slots)`` of each dask-cuda worker (``supergen.cluster.threads-per-gpu-worker``
     and ``gpu-slots``); ``ValueError`` naming the setting when they cannot work together."""
-    values = {}
-    for name in ("threads-per-gpu-worker", "gpu-slots"):
+
+    def setting(name: str) -> int:
         value = config.get(f"cluster.{name}")
-        if value is None:
-            value = 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"supergen.cluster.{name} must be an integer >= 1, got {value!r}")
-        values[name] = value
-    threads, slots = values["threads-per-gpu-worker"], values["gpu-slots"]
+        return _check_count(f"supergen.cluster.{name}", 1 if value is None else value)
+
+    threads, slots = setting("threads-per-gpu-worker"), setting("gpu-slots")
     if slots > threads:
         raise ValueError(
             f"supergen.cluster.gpu-slots ({slots}) is more than threads-per-gpu-worker ({threads}): "

@@ -36,7 +36,7 @@ import numpy as np
 
 from supergen_dask.geometry import TileGrid, TileKey
 
-__all__ = ["SeamPlan", "seam_plan", "seam_shift", "border_distance", "seam_weight"]
+__all__ = ["SeamPlan", "seam_plan", "seam_shift", "border_distance", "window_border_distance", "seam_weight"]
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,16 @@ def border_distance(start: int, n: int, offset: int, tile: int, size: int, tiles
     return np.minimum(phase, tile - phase)
 
 
+def window_border_distance(
+    y0: int, x0: int, h: int, w: int, grid: TileGrid, offset: tuple[int, int]
+) -> np.ndarray:
+    """``(h, w)`` distance (cells) of each cell of a canvas window to the nearest border, on either
+    axis, of ``grid`` shifted by ``offset`` (``border_distance`` per axis)."""
+    dy = border_distance(y0, h, offset[0], grid.tile_h, grid.canvas_h, grid.rows)
+    dx = border_distance(x0, w, offset[1], grid.tile_w, grid.canvas_w, grid.cols)
+    return np.minimum(dy[:, None], dx[None, :])
+
+
 def seam_weight(
     y0: int,
     x0: int,
@@ -170,16 +180,9 @@ def seam_weight(
 ) -> np.ndarray:
     """``(h, w)`` weight of the seam prediction over a canvas window: ``d_seam / (d_last + d_seam)``
     (1 on the last grid's borders, 0 on the seam grid's)."""
-    g = grid
-
-    def dist(offset):
-        dy = border_distance(y0, h, offset[0], g.tile_h, g.canvas_h, g.rows)
-        dx = border_distance(x0, w, offset[1], g.tile_w, g.canvas_w, g.cols)
-        return np.minimum(dy[:, None], dx[None, :])
-
     # distances beyond the cells that touch a border: those cells take one grid whole
-    d_last = np.maximum(dist(last_offset) - 1, 0)
-    d_seam = np.maximum(dist(seam_offset) - 1, 0)
+    d_last = np.maximum(window_border_distance(y0, x0, h, w, grid, last_offset) - 1, 0)
+    d_seam = np.maximum(window_border_distance(y0, x0, h, w, grid, seam_offset) - 1, 0)
     with np.errstate(invalid="ignore"):
         out = d_seam / (d_last + d_seam)
     # the few cells that touch both grids' borders (where they cross) take half of each

@@ -24,6 +24,7 @@ from supergen_dask.noise import position_noise, window_noise
 from supergen_dask.plan import RenderPlan, StagePlan
 from supergen_dask.stepping import NonFiniteError, RegionStep, check_finite, initial_noise_sigma, renoise
 from supergen_dask.upscale import context_window, upscale_window
+from supergen_dask.worker_models import worker_name
 
 __all__ = [
     "encode_prompt",
@@ -45,15 +46,6 @@ __all__ = [
     "worker_code",
     "worker_name",
 ]
-
-
-def worker_name() -> str:
-    try:
-        from distributed import get_worker
-
-        return get_worker().address
-    except (ImportError, ValueError):
-        return "local"
 
 
 def worker_code(name: str) -> float:

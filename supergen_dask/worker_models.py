@@ -29,6 +29,7 @@ __all__ = [
     "resident",
     "prompt_embeds",
     "device_turn",
+    "worker_name",
     "load_count",
     "clear",
 ]
@@ -185,7 +186,8 @@ def prompt_embeds(store, device: torch.device | str) -> tuple[torch.Tensor, torc
     return cached
 
 
-def _worker_address() -> str:
+def worker_name() -> str:
+    """The address of the Dask worker running this code, or ``local`` outside one."""
     try:
         from distributed import get_worker
 
@@ -205,7 +207,7 @@ def device_turn() -> Iterator[float]:
     host inside the turn, because a copy issued after it would queue on the card's stream behind
     the next task's kernels. One lock per worker (threads-mode clusters run several workers in
     one process, each with its own device share)."""
-    lock = _TURNS.setdefault(_worker_address(), threading.Lock())  # setdefault is atomic
+    lock = _TURNS.setdefault(worker_name(), threading.Lock())  # setdefault is atomic
     t0 = time.perf_counter()
     with lock:
         yield time.perf_counter() - t0
