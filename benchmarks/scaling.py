@@ -150,6 +150,8 @@ def run(args) -> dict:
             log.flush()
 
     t0 = time.perf_counter()
+    if args.gpu_slots is None:
+        args.gpu_slots = dask.config.get("supergen.cluster.gpu-slots")
     with dask.config.set({"supergen.cluster.gpu-slots": args.gpu_slots}):
         cluster = sd.make_cluster(n_workers=args.gpus)
     with cluster, Client(cluster) as client:
@@ -230,8 +232,8 @@ def main(argv=None) -> int:
     p.add_argument(
         "--gpu-slots",
         type=int,
-        default=1,
-        help="tile tasks each worker runs at once (supergen.cluster.gpu-slots)",
+        default=None,
+        help="tile tasks each worker runs at once (supergen.cluster.gpu-slots; default: the setting's)",
     )
     p.add_argument("--model", default="random-wan2.1-1.3b-shape")
     p.add_argument("--height", type=int, default=2160)

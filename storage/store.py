@@ -61,10 +61,12 @@ STAT_FIELDS = (
     "cache_skips",
     "pred_mean",
     # the device turn of a tile task (supergen_dask.worker_models.device_turn): seconds it waited
-    # for it after its reads, and the wall-clock time it began (forward_seconds is its length);
-    # stores made before these fields have no columns for them
+    # for it after its reads, the wall-clock time it began, and its length (queueing the tile's
+    # work on the card; forward_seconds runs on until the results reached the host); stores made
+    # before these fields have no columns for them
     "wait_seconds",
     "turn_started",
+    "turn_seconds",
 )
 
 _FORMAT = "supergen-render/1"

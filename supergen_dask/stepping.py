@@ -29,6 +29,8 @@ __all__ = [
     "RegionStep",
     "NonFiniteError",
     "check_finite",
+    "finite_flags",
+    "raise_unless_finite",
     "check_tileable",
     "renoise",
     "initial_noise_sigma",
@@ -223,23 +225,40 @@ class NonFiniteError(FloatingPointError):
 FLOAT16_MAX = 65504.0
 
 
-def check_finite(
-    latents: torch.Tensor, key, guidance_scale: float, dtype: str, store_dtype: str = "float32"
-) -> None:
-    """Raise ``NonFiniteError`` naming the tile ``key`` (a ``TileKey``: stage, step, row, col)
-    unless every value of ``latents`` is finite (and, stored as ``float16``, within its range).
+def finite_flags(latents: torch.Tensor, store_dtype: str = "float32") -> torch.Tensor:
+    """``check_finite``'s two questions as one tensor on the latents' device, ``[all finite,
+    beyond float16's range]``, so the answer can travel with a tile's results
+    (``supergen_dask.transfer.HostCopy``) instead of stopping the card to be read."""
+    finite = torch.isfinite(latents).all()
+    if store_dtype != "float16":
+        return torch.stack([finite, torch.zeros_like(finite)])
+    return torch.stack([finite, latents.abs().amax() > FLOAT16_MAX])
 
-    One reduction on the tile, so a render stops at the first bad step instead of writing NaN
-    that every later step, the decode and the video inherit.
-    """
+
+def raise_unless_finite(flags, key, guidance_scale: float, dtype: str) -> None:
+    """Raise ``NonFiniteError`` naming the tile ``key`` (a ``TileKey``: stage, step, row, col)
+    from ``finite_flags`` read back on the host."""
+    finite, beyond = (bool(f) for f in flags)
     where = f"{key.stage} step {key.step} tile ({key.row}, {key.col}) with guidance_scale {guidance_scale:g}"
-    if not bool(torch.isfinite(latents).all()):
+    if not finite:
         raise NonFiniteError(
             f"non-finite latents (NaN or inf) from {where} and dtype {dtype}: lower guidance_scale, "
             "or compute in float32"
         )
-    if store_dtype == "float16" and float(latents.abs().max()) > FLOAT16_MAX:
+    if beyond:
         raise NonFiniteError(
             f"non-finite latents in float16 storage (beyond {FLOAT16_MAX:g}) from {where}: lower "
             "guidance_scale, or store in float32 (output.store_dtype: float32)"
         )
+
+
+def check_finite(
+    latents: torch.Tensor, key, guidance_scale: float, dtype: str, store_dtype: str = "float32"
+) -> None:
+    """Raise ``NonFiniteError`` naming the tile ``key`` unless every value of ``latents`` is
+    finite (and, stored as ``float16``, within its range).
+
+    One reduction on the tile, so a render stops at the first bad step instead of writing NaN
+    that every later step, the decode and the video inherit.
+    """
+    raise_unless_finite(finite_flags(latents, store_dtype).cpu(), key, guidance_scale, dtype)

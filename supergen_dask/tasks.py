@@ -17,12 +17,20 @@ import numpy as np
 import torch
 
 from supergen_dask import cache as region_cache
-from supergen_dask import config, worker_models
+from supergen_dask import config, transfer, worker_models
 from supergen_dask.conditioning import blank_condition, prompt_options, tile_image
 from supergen_dask.geometry import TileKey
 from supergen_dask.noise import position_noise, window_noise
 from supergen_dask.plan import RenderPlan, StagePlan
-from supergen_dask.stepping import NonFiniteError, RegionStep, check_finite, initial_noise_sigma, renoise
+from supergen_dask.stepping import (
+    NonFiniteError,
+    RegionStep,
+    check_finite,
+    finite_flags,
+    initial_noise_sigma,
+    raise_unless_finite,
+    renoise,
+)
 from supergen_dask.upscale import context_window, upscale_window
 from supergen_dask.worker_models import worker_name
 
@@ -79,7 +87,7 @@ def _sync(device: torch.device) -> None:
 
 def _to_model(x: np.ndarray, device) -> torch.Tensor:
     """Stored ``(F, C, h, w)`` -> model layout ``(1, C, F, h, w)`` float32."""
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device).permute(1, 0, 2, 3)[None]
+    return transfer.to_device(x, device).permute(1, 0, 2, 3)[None]
 
 
 def _to_store(x: torch.Tensor, dtype: str) -> np.ndarray:
@@ -267,29 +275,64 @@ def _tile_input(store, plan: RenderPlan, key: TileKey, device, with_state: bool 
             g.canvas_h,
             g.canvas_w,
         )
-        anchor = renoise(plan.scheduler, key.step, clean, eps.permute(1, 0, 2, 3)[None].to(device))
+        eps = transfer.to_device(eps.permute(1, 0, 2, 3)[None], device, dtype=None)
+        anchor = renoise(plan.scheduler, key.step, clean, eps)
         sample = (1 - weight) * sample + weight * anchor
     return sample, region
 
 
-def _host_outputs(plan: RenderPlan, key: TileKey, new, new_state, chunks: dict | None = None) -> dict:
-    """A stepped tile's arrays as the store takes them, on the host, by array name: any other
-    ``chunks`` (model layout with leading axes), the scheduler history, then the latents. Called
-    inside the task's device turn (``worker_models.device_turn``)."""
+def _store_layout(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Model layout ``(1, C, F, h, w)`` -> stored ``(F, C, h, w)`` in ``dtype``, where ``x`` is."""
+    return x[0].permute(1, 0, 2, 3).float().to(dtype)
+
+
+def _host_outputs(
+    plan: RenderPlan, key: TileKey, new, new_state, chunks: dict | None = None
+) -> transfer.HostCopy:
+    """A stepped tile's arrays as the store takes them, by array name: any other ``chunks``
+    (model layout with leading axes), the scheduler history, then the latents; laid out and cast
+    where they were computed and queued to the host with the checks of what may be stored
+    (``_landed`` reads them). Called inside the task's device turn (``worker_models.device_turn``):
+    nothing here waits for the card."""
     st = plan.stage(key.stage)
     g = st.grid
-    dtype = plan.spec.output.store_dtype
-    out = {}
+    dtype = getattr(torch, plan.spec.output.store_dtype)
+    out, overflow = {}, []
     for aname, value in (chunks or {}).items():
-        out[aname] = value[:, 0].permute(0, 2, 1, 3, 4).float().cpu().numpy()  # (n, F, C, h, w)
+        out[aname] = value[:, 0].permute(0, 2, 1, 3, 4).float()  # (n, F, C, h, w)
     slots = plan.state_slots
     for sname, values in new_state.items():
-        arr = np.full((slots[sname], st.latent_frames, st.channels, g.tile_h, g.tile_w), np.nan, dtype=dtype)
+        shape = (slots[sname], st.latent_frames, st.channels, g.tile_h, g.tile_w)
+        arr = torch.full(shape, math.nan, dtype=dtype, device=new.device)
         for s, v in values.items():
-            arr[s] = _to_store(v, dtype)
+            arr[s] = stored = _store_layout(v, dtype)
+            overflow.append(_overflow(v, stored))
         out[f"state_{sname}"] = arr
-    out["latents"] = _to_store(new, dtype)
-    return out
+    out["latents"] = stored = _store_layout(new, dtype)
+    overflow.append(_overflow(new, stored))
+    checks = {
+        "finite": finite_flags(new, plan.spec.output.store_dtype),
+        "overflow": torch.stack(overflow).any(),
+    }
+    return transfer.HostCopy(out, checks)
+
+
+def _overflow(value: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+    """Whether a finite ``value`` became infinite in the store's dtype (float16 beyond 65504)."""
+    return torch.isinf(stored).any() & torch.isfinite(value).all()
+
+
+def _landed(plan: RenderPlan, key: TileKey, copy: transfer.HostCopy) -> dict[str, np.ndarray]:
+    """Wait for ``_host_outputs``' copies; raise ``NonFiniteError`` (nothing written) for latents
+    that are not finite, or a value float16 storage would turn into infinity."""
+    arrays, checks = copy.wait()
+    raise_unless_finite(checks["finite"], key, plan.spec.guidance_scale, plan.spec.dtype)
+    if checks["overflow"]:
+        raise NonFiniteError(
+            "latents or scheduler history beyond float16's range (65504): "
+            "store in float32 (output.store_dtype: float32)"
+        )
+    return arrays
 
 
 def _finish_tile(store, plan: RenderPlan, key: TileKey, outputs: dict, stats: dict) -> tuple[float, dict]:
@@ -360,23 +403,26 @@ def denoise_tile(
     with worker_models.device_turn() as waited:
         turn_started, t_fwd0 = time.time(), time.perf_counter()
         model_in = region.scale_model_input(sample)
-        t = region.timestep.to(device)
+        t = transfer.to_device(region.timestep, device, dtype=None)
         noise_pred = predict_guided(backend, plan, model_in, t, embeds, st.origin(key), key.step, image)
         new, new_state = region.step(noise_pred.float(), sample)
         new = image.freeze(new) if image is not None else new  # cells an image condition fixes
-        check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype, plan.spec.output.store_dtype)
-        extra_chunks, cache_stats = {}, {}
+        extra_chunks = {}
         if cached:
             # only written here: the next step's decision (a CPU task) reads it and measures the
             # gain, so a model call pays no cache reads
             noise_pred = noise_pred.float()
             extra_chunks["cache"] = torch.stack([sample, sample, noise_pred])
-            k = (decision or {}).get("k", math.nan)
-            cache_stats = _cache_stats(decision, k=k, acc=0.0, skips=0, pred=noise_pred)
-        outputs = _host_outputs(plan, key, new, new_state, extra_chunks)
-        t_fwd = time.perf_counter() - t_fwd0
+        copy = _host_outputs(plan, key, new, new_state, extra_chunks)
+        t_turn = time.perf_counter() - t_fwd0
+    outputs = _landed(plan, key, copy)  # the card goes on with the next turn's kernels meanwhile
+    t_fwd = time.perf_counter() - t_fwd0
+    cache_stats = {}
+    if cached:  # the cache record's reduction, after the turn (it reads a value back)
+        k = (decision or {}).get("k", math.nan)
+        cache_stats = _cache_stats(decision, k=k, acc=0.0, skips=0, pred=noise_pred)
     stats = {"t0": t0, "started": started, "read_seconds": t_read}
-    stats.update(wait_seconds=waited, turn_started=turn_started)
+    stats.update(wait_seconds=waited, turn_started=turn_started, turn_seconds=t_turn)
     stats.update(forward_seconds=t_fwd, session=session, computed=1, **cache_stats)
     seconds, extra = _finish_tile(store, plan, key, outputs, stats)
     return {"task": "denoise", "name": name, **extra, "seconds": seconds}
@@ -473,7 +519,8 @@ def cache_step(
     new, new_state = region.step(noise_pred, sample)
     image = tile_image(store, plan, key, "cpu")
     new = image.freeze(new) if image is not None else new  # cells an image condition fixes
-    check_finite(new, key, plan.spec.guidance_scale, plan.spec.dtype, plan.spec.output.store_dtype)
+    chunks = {"cache": torch.stack([sample, x_computed, o_computed])}
+    outputs = _landed(plan, key, _host_outputs(plan, key, new, new_state, chunks))
     stats = {"t0": t0, "started": started, "read_seconds": t_read}
     stats.update(forward_seconds=time.perf_counter() - t_step0, session=session, computed=0)
     stats.update(
@@ -485,8 +532,6 @@ def cache_step(
             pred=noise_pred,
         )
     )
-    chunks = {"cache": torch.stack([sample, x_computed, o_computed])}
-    outputs = _host_outputs(plan, key, new, new_state, chunks)
     seconds, extra = _finish_tile(store, plan, key, outputs, stats)
     return {"task": "hit", "name": name, **extra, "seconds": seconds}
 
@@ -604,14 +649,17 @@ def predict_branch(
     with worker_models.device_turn() as waited:
         turn_started, t_fwd0 = time.time(), time.perf_counter()
         model_in = region.scale_model_input(sample)
-        t = region.timestep.to(device).expand(1)
+        t = transfer.to_device(region.timestep, device, dtype=None).expand(1)
         out = backend.predict(model_in, t, embeds[None], st.origin(key), image=image)
         if pending is not None:  # written while the GPU computes (kernels run asynchronously)
             prev_new, prev_state, prev_stats = pending
-            _finish_tile(store, plan, prev, _host_outputs(plan, prev, prev_new, prev_state), prev_stats)
+            prev_out = _landed(plan, prev, _host_outputs(plan, prev, prev_new, prev_state))  # on the CPU
+            _finish_tile(store, plan, prev, prev_out, prev_stats)
             finished = {"finished_step": f"{prev.stage}/{prev.step}/{prev.row}/{prev.col}"}
-        prediction = _to_store(out, "float32")
-        t_fwd = time.perf_counter() - t_fwd0
+        copy = transfer.HostCopy({"prediction": _store_layout(out, torch.float32)})
+        t_turn = time.perf_counter() - t_fwd0
+    prediction = copy.wait()[0]["prediction"]
+    t_fwd = time.perf_counter() - t_fwd0
     store.write_tile(key.stage, "prediction", key.step, key.row, key.col, prediction, sub=(branch,))
     return _receipt(
         "predict",
@@ -621,6 +669,7 @@ def predict_branch(
         forward_seconds=t_fwd,
         wait_seconds=waited,
         turn_started=turn_started,
+        turn_seconds=t_turn,
         gpu=worker_models.gpu_identity(),
         **finished,
     )
@@ -635,7 +684,8 @@ def combine_branches(plan: RenderPlan, url: str, instance: str, key: TileKey, se
     if store.is_done(key.stage, key.step, key.row, key.col):
         return _receipt("denoise", name, t0, skipped=True)
     new, new_state, stats = _combined_step(store, plan, key, session, t0, started)
-    seconds, extra = _finish_tile(store, plan, key, _host_outputs(plan, key, new, new_state), stats)
+    outputs = _landed(plan, key, _host_outputs(plan, key, new, new_state))
+    seconds, extra = _finish_tile(store, plan, key, outputs, stats)
     return {"task": "denoise", "name": name, **extra, "seconds": seconds}
 
 
@@ -689,10 +739,12 @@ def seam_tile(plan: RenderPlan, url: str, instance: str, key: TileKey, session: 
     with worker_models.device_turn() as waited:
         turn_started, t_fwd0 = time.time(), time.perf_counter()
         blended = seam_window(backend, plan, key, embeds, *inputs)
-        outputs = _host_outputs(plan, key, blended, {})
-        t_fwd = time.perf_counter() - t_fwd0
+        copy = _host_outputs(plan, key, blended, {})
+        t_turn = time.perf_counter() - t_fwd0
+    outputs = _landed(plan, key, copy)
+    t_fwd = time.perf_counter() - t_fwd0
     stats = {"t0": t0, "started": started, "read_seconds": t_read}
-    stats.update(wait_seconds=waited, turn_started=turn_started)
+    stats.update(wait_seconds=waited, turn_started=turn_started, turn_seconds=t_turn)
     stats.update(forward_seconds=t_fwd, session=session, computed=1)
     seconds, extra = _finish_tile(store, plan, key, outputs, stats)
     return {"task": "seam", "name": name, **extra, "seconds": seconds}

@@ -18,15 +18,19 @@ SPEC = dict(height=256, width=128)
 
 
 def _intervals(stats) -> dict[str, np.ndarray]:
-    """Each finished tile's reads, turn (model call and copies to the host) and writes, as
-    ``(n, 2)`` wall-clock intervals (the turn's exactly; the others from their durations)."""
-    f = {k: stats[k].ravel() for k in ("turn_started", "wait_seconds", "forward_seconds", "write_seconds")}
+    """Each finished tile's reads, turn (queueing its model call and the copies of its results to
+    the host) and writes, as ``(n, 2)`` wall-clock intervals (the turn's exactly; the others from
+    their durations; writes begin when the results have landed, ``forward_seconds`` after the
+    turn began)."""
+    fields = ("turn_started", "wait_seconds", "turn_seconds", "forward_seconds", "write_seconds")
+    f = {k: stats[k].ravel() for k in fields}
     turn0 = f["turn_started"]
     read1 = turn0 - f["wait_seconds"]
     write0 = turn0 + f["forward_seconds"]
+    assert (f["turn_seconds"] <= f["forward_seconds"]).all()
     return {
         "read": np.stack([stats["started"].ravel(), read1], 1),
-        "turn": np.stack([turn0, write0], 1),
+        "turn": np.stack([turn0, turn0 + f["turn_seconds"]], 1),
         "write": np.stack([write0, write0 + f["write_seconds"]], 1),
     }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import time
 
 import dask.config
 import numpy as np
@@ -229,10 +230,35 @@ def test_two_gpu_slots_take_turns_on_the_card_and_give_the_same_bytes(tmp_path):
     assert_renders_identical(one.render_dir, two.render_dir)
     s = RenderStore.open(str(two.store_path), mode="r").tile_stats("refine")
     turn0 = s["turn_started"].ravel()
-    turn1 = turn0 + s["forward_seconds"].ravel()
+    turn1 = turn0 + s["turn_seconds"].ravel()
+    landed = turn0 + s["forward_seconds"].ravel()
     order = np.argsort(turn0)
-    assert np.all(turn0[order][1:] >= turn1[order][:-1] - 1e-4), "two model calls overlapped on one card"
+    assert np.all(turn0[order][1:] >= turn1[order][:-1] - 1e-4), "two model calls were queued at once"
+    # the card computes them in turn order: each tile's results land before the next tile's
+    assert np.all(landed[order][1:] >= landed[order][:-1] - 1e-4)
     assert (s["wait_seconds"] > 0).any()
+
+
+def test_copies_to_and_from_the_card_do_not_wait_for_it():
+    """``supergen_dask.transfer``: with about half a second of work queued on the card, queueing a
+    tile's results to the host and its next inputs to the card returns at once; only ``wait``
+    waits, and then the values are those of a plain copy."""
+    from supergen_dask import transfer
+
+    x = torch.randn(16, 21, 60, 80, device="cuda")
+    inputs = np.random.default_rng(0).standard_normal((21, 16, 60, 80)).astype(np.float16)
+    torch.cuda.synchronize()
+    torch.cuda._sleep(int(1e9))  # ~0.5 s of the card's clock cycles, queued before the copies
+    t0 = time.perf_counter()
+    copy = transfer.HostCopy({"x": x.half()}, {"finite": torch.isfinite(x).all()})
+    up = transfer.to_device(inputs, "cuda")
+    queued = time.perf_counter() - t0
+    arrays, checks = copy.wait()
+    waited = time.perf_counter() - t0
+    assert queued < 0.05 and waited > 0.2, (queued, waited)
+    np.testing.assert_array_equal(arrays["x"], x.half().cpu().numpy())
+    assert bool(checks["finite"])
+    np.testing.assert_array_equal(up.cpu().numpy(), inputs.astype(np.float32))
 
 
 def _weight_bytes(model: torch.nn.Module, prefix: str = "") -> int:
