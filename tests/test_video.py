@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 from fractions import Fraction
 
 import av
@@ -215,6 +217,64 @@ def test_one_segment_joins_to_itself(tmp_path):
     encode_segment(frames, tmp_path / "s.mp4", fps=FPS, codec="lossless")
     join_segments([tmp_path / "s.mp4"], tmp_path / "j.mp4")
     np.testing.assert_array_equal(read_video(tmp_path / "j.mp4"), frames)
+
+
+def test_join_reads_packets_only_and_writes_what_a_decoding_probe_would(tmp_path, codec, monkeypatch):
+    # the join opens its segments without letting FFmpeg decode their first frames (0.3-1 s per
+    # 4K segment, nearly all of a join's time); the parameters it copies must not change for it
+    frames = _moving(13)
+    paths = _encode_segments(frames, tmp_path, codec)
+    info = join_segments(paths, tmp_path / "fast.mp4")
+    assert info.pix_fmt == ("gbrp" if codec == "lossless" else "yuv420p")
+    monkeypatch.setattr(video, "_open_for_packets", lambda p: av.open(str(p)))
+    slow = join_segments(paths, tmp_path / "probed.mp4")
+    assert (tmp_path / "fast.mp4").read_bytes() == (tmp_path / "probed.mp4").read_bytes()
+    assert dataclasses.replace(slow, path=info.path) == info
+    # an SPS the reader cannot follow: the pixel format is asked of a decoded frame instead
+    monkeypatch.setattr(video, "_sps_pix_fmt", lambda extradata: None)
+    assert join_segments(paths, tmp_path / "other.mp4").pix_fmt == info.pix_fmt
+
+
+def _x264_extradata(encoder, pix_fmt, options=None):
+    """A 3-frame stream's avcC extradata and the pixel format FFmpeg's decoder reports for it."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream(encoder, rate=8, options=options or {})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, pix_fmt
+        for frame in _frames(3):
+            frame = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format=pix_fmt)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    buf.seek(0)
+    with av.open(buf) as inp:
+        cc = inp.streams.video[0].codec_context
+        return bytes(cc.extradata), cc.pix_fmt
+
+
+@pytest.mark.parametrize(
+    "encoder, pix_fmt, options",
+    [
+        ("libx264", "yuv420p", None),
+        ("libx264", "yuvj420p", None),
+        ("libx264", "yuv422p", None),
+        ("libx264", "yuv444p", None),
+        ("libx264", "gray", None),  # monochrome: FFmpeg decodes it as yuv420p
+        ("libx264", "yuv420p", {"x264-params": "cqm=jvt:sar=4/3"}),  # scaling lists, aspect ratio
+        ("libx264rgb", "rgb24", None),
+    ],
+)
+def test_pixel_format_read_from_the_sps_is_the_decoders(encoder, pix_fmt, options):
+    extradata, decoded = _x264_extradata(encoder, pix_fmt, options)
+    assert video._sps_pix_fmt(extradata) == decoded
+
+
+def test_unreadable_or_deep_sps_gives_no_pixel_format():
+    assert video._sps_pix_fmt(b"") is None
+    assert video._sps_pix_fmt(_x264_extradata("libx264", "yuv420p")[0][:12]) is None  # cut short
+    if "yuv420p10le" in [f.name for f in av.codec.Codec("libx264", "w").video_formats]:
+        assert video._sps_pix_fmt(_x264_extradata("libx264", "yuv420p10le")[0]) is None
 
 
 def _drop_first_packet(src, dst):
