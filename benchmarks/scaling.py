@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -58,14 +59,33 @@ def summarise(receipts: list[dict], wall: float, split_sketch: bool) -> dict:
         start, end = r["finished"] - r["seconds"], r["finished"]
         lo, hi = spans.get(s, (start, end))
         spans[s] = [min(lo, start), max(hi, end)]
-    busy: dict[str, float] = defaultdict(float)
+    busy: dict[str, list] = defaultdict(list)
     for r in receipts:
         if not r.get("skipped") and gpu_task(r, split_sketch):
-            busy[r["worker"]] += r["seconds"]
+            busy[r["worker"]].append(on_card(r))
     out = {f"{s}_seconds": round(spans[s][1] - spans[s][0], 3) if s in spans else None for s in STAGES}
     out["end_to_end_seconds"] = round(wall, 3)
-    out["gpu_busy_fraction"] = {w: round(b / wall, 3) for w, b in sorted(busy.items())}
+    out["gpu_busy_fraction"] = {w: round(union_seconds(iv) / wall, 3) for w, iv in sorted(busy.items())}
     return out
+
+
+def on_card(receipt: dict) -> tuple[float, float]:
+    """A task's time on its card as a wall-clock interval: from its device turn to its results
+    on the host where the receipt says (tile tasks), else the whole task."""
+    if "turn_started" in receipt and "forward_seconds" in receipt:
+        return receipt["turn_started"], receipt["turn_started"] + receipt["forward_seconds"]
+    return receipt["finished"] - receipt["seconds"], receipt["finished"]
+
+
+def union_seconds(intervals) -> float:
+    """Length of the union of ``(start, end)`` intervals: tasks that share a card (GPU slots)
+    overlap, and a card computing for two of them at once is busy once."""
+    total, reach = 0.0, -math.inf
+    for lo, hi in sorted(intervals):
+        if hi > reach:
+            total += hi - max(lo, reach)
+            reach = hi
+    return total
 
 
 def _cache_settings(value: str):
@@ -109,10 +129,13 @@ def _calls_per_worker(receipts: list[dict]) -> dict:
             and str(r.get("name", "")).startswith("refine")
             and not r.get("skipped")
         ):
-            w = out.setdefault(r["worker"], {"calls": 0, "seconds": 0.0})
+            w = out.setdefault(r["worker"], {"calls": 0, "intervals": []})
             w["calls"] += 1
-            w["seconds"] = round(w["seconds"] + r["seconds"], 3)
-    return out
+            w["intervals"].append(on_card(r))
+    # seconds: the union of the calls' time on the card (with GPU slots, calls overlap)
+    return {
+        k: {"calls": w["calls"], "seconds": round(union_seconds(w["intervals"]), 3)} for k, w in out.items()
+    }
 
 
 def run(args) -> dict:

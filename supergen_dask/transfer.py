@@ -8,6 +8,9 @@ from pageable memory) ends that overlap: the card idles while the host converts 
 tile's inputs go up from page-locked memory without a wait (``to_device``) and its results come
 down into page-locked memory behind an event (``HostCopy``), waited for after the turn.
 
+Allocating page-locked memory makes CUDA synchronize; PyTorch's host allocator keeps the buffers
+and hands them out again, so only a worker's first tiles (one allocation per buffer size) wait.
+
 On a CPU device both are plain conversions, so CPU workers and tests take the same path.
 """
 

@@ -49,6 +49,20 @@ def test_stage_spans_and_gpu_busy_from_receipts():
     assert out["gpu_busy_fraction"] == {"w0": round(7 / 10.2, 3), "w1": round(4 / 10.2, 3)}
 
 
+def test_tiles_sharing_a_card_count_its_busy_time_once():
+    """Two GPU slots: a tile's turn begins while the last one's results are still coming back;
+    the card's busy time is the union of the tiles' time on it (turn to results landed)."""
+    receipts = [
+        _r("denoise", "refine/1/0/0", 0.0, 1.5, turn_started=0.2, forward_seconds=1.0),
+        _r("denoise", "refine/1/0/1", 0.1, 2.5, turn_started=1.0, forward_seconds=1.5),  # overlaps
+        _r("denoise", "refine/1/1/0", 5.0, 1.2, turn_started=5.1, forward_seconds=1.0),
+    ]
+    out = scaling.summarise(receipts, wall=10.0, split_sketch=True)
+    assert out["gpu_busy_fraction"] == {"w0": round((2.5 - 0.2 + 1.0) / 10, 3)}
+    assert scaling._calls_per_worker(receipts) == {"w0": {"calls": 3, "seconds": 3.3}}
+    assert scaling.union_seconds([]) == 0 and scaling.union_seconds([(0, 1), (0.2, 0.5), (3, 4)]) == 2
+
+
 def test_merge_refuses_runs_from_different_cards(tmp_path):
     import json
 
