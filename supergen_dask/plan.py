@@ -505,7 +505,7 @@ def plan_render(spec: RenderSpec) -> RenderPlan:
         decode_blend=decode_blend(),
         upscale_margin=int(config.get("upscale.margin")),
         encode_threads=int(config.get("encode.threads")),
-        encode_segment_frames=int(config.get("encode.segment-frames")),
+        encode_segment_frames=segment_frames(spec.height, spec.width),
         quality_frames=quality_frames(spec.height, spec.width),
         cache=spec.cache.policy(k, info.cache_threshold) if spec.cache.enabled else None,
         image_sha256=image_digest(spec.image),
@@ -537,6 +537,33 @@ def decode_blend() -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise SpecError("decode.blend", f"must be a whole number of latent cells >= 1 or null, got {value!r}")
+    return value
+
+
+AUTO_SEGMENT_PIXELS = 8 * 3840 * 2160
+"""Pixels an ``auto``-sized mp4 segment holds at most (8 frames of 4K), between 8 and 16 frames."""
+
+
+def segment_frames(height: int, width: int) -> int:
+    """Frames per mp4 segment (``encode.segment-frames``): a whole number >= 1, or ``auto``: 16
+    frames, fewer for large frames so that a segment holds at most ``AUTO_SEGMENT_PIXELS`` pixels
+    (8 frames of 4K), never fewer than 8.
+
+    Segments are encoded at once, so the longest one is the encode's critical path: at 4K a frame
+    takes most of a second per 2-thread segment, so 8-frame segments end in about half the time of 16.
+    Each segment starts with a keyframe, which is why ``auto`` stops at 8. Joined, 81 grainy 4K
+    frames at crf 18 were 3.2% larger than one stream from 14-frame segments and 7.3% from 8;
+    48 grainy 1080p frames 2.1% from 16, 5.4% from 8, 11.8% from 4. Flat, grain-free frames pay
+    more (1.6x at 16, 2.5x at 8, of far fewer bytes). Only the frame size decides it, never the
+    machine, so a render's bytes do not depend on where it was planned.
+    """
+    value = config.get("encode.segment-frames")
+    if value == "auto":
+        return max(8, min(16, AUTO_SEGMENT_PIXELS // (height * width)))
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SpecError(
+            "encode.segment-frames", f"must be a whole number of frames >= 1 or auto, got {value!r}"
+        )
     return value
 
 

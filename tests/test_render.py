@@ -264,6 +264,28 @@ def test_plan_is_pure_and_round_trips():
     assert again.layout() == plan.layout()
 
 
+def test_segment_length_follows_the_frame_size_never_the_machine(monkeypatch):
+    import dask
+
+    from supergen_dask.plan import segment_frames
+    from supergen_dask.spec import SpecError
+
+    sizes = [(480, 832), (1080, 1920), (1440, 2560), (1800, 3200), (2160, 3840), (4320, 7680)]
+    assert [segment_frames(h, w) for h, w in sizes] == [16, 16, 16, 11, 8, 8]
+    # 81 frames of 4K: 11 segments of at most 8 frames (6 of 14 with 16-frame segments)
+    plan = plan_render(tiny_spec(height=2160, width=3840, num_frames=81))
+    assert plan.encode_segment_frames == 8 and len(plan.encode_segments()) == 11
+    assert max(b - a for a, b in plan.encode_segments()) == 8
+    monkeypatch.setattr("os.cpu_count", lambda: 256)
+    assert plan_render(tiny_spec(height=2160, width=3840, num_frames=81)) == plan
+    with dask.config.set({"supergen.encode.segment-frames": 5}):
+        assert segment_frames(2160, 3840) == 5
+    for bad in (0, 2.5, "many", True):
+        with dask.config.set({"supergen.encode.segment-frames": bad}):
+            with pytest.raises(SpecError, match="encode.segment-frames"):
+                segment_frames(2160, 3840)
+
+
 def test_quality_is_measured_and_stored(default_render):
     result = default_render
     q = result.quality

@@ -23,7 +23,7 @@ import supergen_dask as sd
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-# not the defaults (2 threads, 16-frame segments): would change the mp4 bytes if a worker used its own
+# not the defaults (2 threads, auto-sized segments): would change the mp4 bytes if a worker used its own
 CHANGED = {"supergen.encode.threads": 1, "supergen.encode.segment-frames": 4}
 
 
@@ -118,7 +118,7 @@ def test_render_by_address_on_worker_processes_equals_thread_cluster(tmp_path):
                     return cfg.get("supergen.encode.threads"), cfg.get("supergen.encode.segment-frames")
 
                 # the driver's setting did not reach the worker processes...
-                assert set(client.run(_worker_setting).values()) == {(2, 16)}
+                assert set(client.run(_worker_setting).values()) == {(2, "auto")}
                 pids = set(client.run(os.getpid).values())
                 assert os.getpid() not in pids and len(pids) == 2
                 result = sd.render(spec, output_dir=tmp_path / "address", client=client, progress=False)
