@@ -12,6 +12,7 @@ import copy
 import os
 from collections.abc import Iterator
 
+import dask.system
 import dask.utils
 from distributed import Client, LocalCluster
 
@@ -104,13 +105,14 @@ def make_cluster(
     if n_gpus and share > 1:
         return _shared_gpu_cluster(n_workers or n_gpus * share, n_gpus, web)
     if n_gpus:
-        threads, slots = gpu_worker_threads()
+        n_workers = n_workers or config.get("cluster.n-workers") or n_gpus
+        threads, slots = gpu_worker_threads(n_workers)
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError as exc:  # pragma: no cover - GPU path
             raise RuntimeError("GPU workers need dask-cuda: pip install 'supergen-dask[gpu]'") from exc
         return LocalCUDACluster(
-            n_workers=n_workers or config.get("cluster.n-workers") or n_gpus,
+            n_workers=n_workers,
             threads_per_worker=threads,
             resources={"GPU": slots},
             device_memory_limit=0,
@@ -134,15 +136,31 @@ def make_cluster(
     )
 
 
-def gpu_worker_threads() -> tuple[int, int]:
-    """``(threads, GPU slots)`` of each dask-cuda worker (``supergen.cluster.threads-per-gpu-worker``
-    and ``gpu-slots``); ``ValueError`` naming the setting when they cannot work together."""
+MIN_GPU_WORKER_THREADS = 4
+"""Threads of a dask-cuda worker with ``threads-per-gpu-worker: auto`` on a host of few cores."""
+
+
+def gpu_worker_threads(n_workers: int = 1) -> tuple[int, int]:
+    """``(threads, GPU slots)`` of each of ``n_workers`` dask-cuda workers on this host
+    (``supergen.cluster.threads-per-gpu-worker`` and ``gpu-slots``); ``ValueError`` naming the
+    setting when they cannot work together.
+
+    ``auto`` threads: the host's cores shared among the workers, one thread per ``encode.threads``
+    cores (an mp4 segment's x264 threads), at least ``MIN_GPU_WORKER_THREADS``. The segments are
+    the most CPU tasks that are ready at once (all of them, after the last decode); a worker's
+    threads beyond its GPU slots only ever run CPU tasks, so spare ones cost nothing.
+    """
 
     def setting(name: str) -> int:
         value = config.get(f"cluster.{name}")
         return _check_count(f"supergen.cluster.{name}", 1 if value is None else value)
 
-    threads, slots = setting("threads-per-gpu-worker"), setting("gpu-slots")
+    if config.get("cluster.threads-per-gpu-worker") == "auto":
+        per_task = max(1, int(config.get("encode.threads") or 1))
+        threads = max(MIN_GPU_WORKER_THREADS, dask.system.cpu_count() // (per_task * max(1, n_workers)))
+    else:
+        threads = setting("threads-per-gpu-worker")
+    slots = setting("gpu-slots")
     if slots > threads:
         raise ValueError(
             f"supergen.cluster.gpu-slots ({slots}) is more than threads-per-gpu-worker ({threads}): "

@@ -108,3 +108,25 @@ def test_workers_sharing_cards_are_pinned_round_robin():
         seen = client.run(lambda dask_worker: (dask_worker.name, os.environ["CUDA_VISIBLE_DEVICES"]))
         assert sorted(seen.values()) == [(0, "0,1"), (1, "1,0"), (2, "0,1")]
         assert all(w["resources"] == {"GPU": 1} for w in client.scheduler_info()["workers"].values())
+
+
+def test_gpu_workers_get_a_thread_per_segment_encode_the_host_can_run(monkeypatch):
+    """``threads-per-gpu-worker: auto``: every mp4 segment of a render runs at once after the
+    last decode, on a host of many cores as on one of few (never fewer than 4 threads)."""
+    import dask.config
+    import dask.system
+
+    from supergen_dask.cluster import gpu_worker_threads
+
+    auto = {"supergen.cluster.threads-per-gpu-worker": "auto", "supergen.cluster.gpu-slots": 1}
+    with dask.config.set(auto):
+        for cores, workers, threads in [(64, 4, 8), (64, 1, 32), (16, 1, 8), (2, 1, 4), (32, 8, 4)]:
+            monkeypatch.setattr(dask.system, "cpu_count", lambda cores=cores: cores)
+            assert gpu_worker_threads(workers) == (threads, 1)
+        with dask.config.set({"supergen.encode.threads": 4}):
+            assert gpu_worker_threads(1) == (8, 1)  # 32 cores over 4-thread segments
+        with dask.config.set({"supergen.cluster.threads-per-gpu-worker": 6}):
+            assert gpu_worker_threads(4) == (6, 1)
+        with dask.config.set({"supergen.cluster.threads-per-gpu-worker": "many"}):
+            with pytest.raises(ValueError, match="threads-per-gpu-worker must be an integer >= 1"):
+                gpu_worker_threads(1)
