@@ -27,7 +27,7 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from storage.blend import blend_regions
+from storage.blend import blend_regions_uint8
 from storage.checksums import NOT_RECORDED, ChunkCorruptError, crc32
 from storage.layout import DecodeRegion, RenderLayout, StageLayout
 from storage.location import Location, _local_path
@@ -899,10 +899,9 @@ class RenderStore:
                     )
 
         try:
-            out = blend_regions(pieces(), d.scale, d.valid_h, d.valid_w, d.blend)
+            return blend_regions_uint8(pieces(), d.scale, d.valid_h, d.valid_w, d.blend)
         except ValueError as exc:
             raise RuntimeError(str(exc)) from None
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
     def iter_decoded(self, chunk: int | None = None) -> Iterator[np.ndarray]:
         """Yield decoded frames one at a time, reading ``chunk`` frames per pass (default: the

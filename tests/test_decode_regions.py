@@ -7,8 +7,10 @@ import dask.config
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from storage.blend import blend_regions, blend_weights
+from storage.blend import blend_regions, blend_regions_uint8, blend_weights
 from supergen_dask import config
 from supergen_dask.decode_check import compare_decodes
 from supergen_dask.plan import decode_regions
@@ -66,6 +68,47 @@ def test_blend_of_one_image_cut_into_regions_is_the_image():
         wy, wx, wh, ww = (v * 2 for v in reg.window)
         pieces.append((reg, image[:, wy : wy + wh, wx : wx + ww]))
     np.testing.assert_allclose(blend_regions(pieces, 2, 20, 27, 4), image, atol=1e-3)
+
+
+def _cut(video: np.ndarray, regions, scale: int) -> list:
+    pieces = []
+    for reg in regions:
+        wy, wx, wh, ww = (v * scale for v in reg.window)
+        pieces.append((reg, video[:, wy : wy + wh, wx : wx + ww]))
+    return pieces
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    valid=st.tuples(st.integers(1, 20), st.integers(1, 20)),
+    core=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    margin=st.integers(0, 5),
+    blend=st.none() | st.integers(1, 12),
+    scale=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_uint8_blend_is_the_float_blend_rounded(valid, core, margin, blend, scale, seed):
+    # mp4 segments and the quality record read frames through the uint8 blend: it must give the
+    # bytes the float blend rounds to, whatever the grid, margins, cross-fade and scale; windows
+    # decoded separately disagree where they overlap, so every window gets its own pixels
+    (h, w), regions = valid, decode_regions(*valid, *core, margin)
+    rng = np.random.default_rng(seed)
+    pieces = [
+        (reg, rng.integers(0, 256, (2, reg.window[2] * scale, reg.window[3] * scale, 3), dtype=np.uint8))
+        for reg in regions
+    ]
+    rounded = np.clip(np.rint(blend_regions(pieces, scale, h, w, blend)), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(blend_regions_uint8(pieces, scale, h, w, blend), rounded)
+
+
+def test_uint8_blend_refuses_gaps_and_other_types():
+    image = np.random.default_rng(0).integers(0, 256, size=(1, 40, 54, 3), dtype=np.uint8)
+    regions = decode_regions(20, 27, 8, 8, 4)
+    with pytest.raises(ValueError, match="do not cover"):
+        blend_regions_uint8(_cut(image, regions[1:], 2), 2, 20, 27, 4)
+    with pytest.raises(TypeError, match="uint8"):
+        blend_regions_uint8(_cut(image.astype(np.float32), regions, 2), 2, 20, 27, 4)
+    np.testing.assert_array_equal(blend_regions_uint8(_cut(image, regions, 2), 2, 20, 27, 4), image)
 
 
 def test_bad_blend_setting_is_one_line_error():
