@@ -428,6 +428,8 @@ class _Graph:
                 )
                 cond[st.name] = prompt if image is None else image
         rf = plan.refine
+        quality = bool(config.get("quality.enabled")) and "quality" not in self.store.attrs
+        reference = None  # the quality record's detail reference, measured during the refinement
         if plan.sketch is not None:
             init = self.named_task("sketch_init", tasks.init_stage, "sketch", priority=self.total_steps + 1)
             self.stage("sketch", init, cond["sketch"])
@@ -435,6 +437,10 @@ class _Graph:
             last = [self.tiles.get(k) for k in plan.sketch.keys(plan.sketch.last)]
             priority = self.total_steps - rf.first + 1
             pixels = self.named_task("upscale", tasks.upscale_sketch, deps=last, priority=priority)
+            if quality:
+                reference = self.named_task(
+                    "detail_reference", tasks.measure_detail_reference, deps=[pixels], gpu=False, force=True
+                )
             sketch_video = self.video_path.with_name(SKETCH_VIDEO_NAME)
             if not sketch_video.exists() and not self.video_path.exists():
                 self.named_task(
@@ -495,8 +501,10 @@ class _Graph:
                 gpu=False,
                 force=True,
             )
-        if config.get("quality.enabled") and "quality" not in self.store.attrs:
-            self.named_task("quality", tasks.measure_quality, deps=decodes, gpu=False, force=True)
+        if quality:  # beside the mp4 segments and the join: it needs only the decoded regions
+            self.named_task(
+                "quality", tasks.measure_quality, deps=[*decodes, reference], gpu=False, force=True
+            )
 
 
 def _progress_bar(total: int, enabled: bool, desc: str):

@@ -31,6 +31,7 @@ __all__ = [
     "duplication",
     "object_mask",
     "detail_gain",
+    "laplacian_energy",
     "temporal_flicker",
     "psnr",
     "ssim",
@@ -412,17 +413,23 @@ def object_mask(
 # --------------------------------------------------------------------------------- detail & flicker
 
 
-def _laplacian_energy(video: np.ndarray) -> float:
+def laplacian_energy(video: np.ndarray) -> float:
+    """Fine detail of a video: the mean squared 5-point spatial Laplacian of its luma (interior
+    pixels, per frame, pooled); what ``detail_gain`` compares."""
     y = luma(video)
     lap = y[:, :-2, 1:-1] + y[:, 2:, 1:-1] + y[:, 1:-1, :-2] + y[:, 1:-1, 2:] - 4 * y[:, 1:-1, 1:-1]
     return float(np.mean(lap**2)) if lap.size else 0.0
 
 
-def detail_gain(output: np.ndarray, reference: np.ndarray) -> float:
+def detail_gain(
+    output: np.ndarray, reference: np.ndarray | None = None, *, reference_energy: float | None = None
+) -> float:
     """High-frequency energy of ``output`` relative to ``reference``.
 
-    Energy is the mean squared 5-point spatial Laplacian of the luma (interior pixels, per frame,
-    pooled). ``reference`` is typically the bicubic-upscaled sketch at the output's size.
+    Energy is ``laplacian_energy``: the mean squared 5-point spatial Laplacian of the luma
+    (interior pixels, per frame, pooled). ``reference`` is typically the bicubic-upscaled sketch
+    at the output's size; give ``reference_energy`` (its ``laplacian_energy``) instead when it was
+    measured before, e.g. while the video was still being made.
 
     Returns
     -------
@@ -430,10 +437,15 @@ def detail_gain(output: np.ndarray, reference: np.ndarray) -> float:
         > 1 when ``output`` has more fine detail than ``reference``; inf when the reference is
         perfectly flat (nan when both are).
     """
-    out, ref = _as_video(output), _as_video(reference)
-    if out.shape != ref.shape:
-        raise ValueError(f"shapes differ: {out.shape} vs {ref.shape}")
-    e_out, e_ref = _laplacian_energy(out), _laplacian_energy(ref)
+    if (reference is None) == (reference_energy is None):
+        raise ValueError("give either reference or reference_energy")
+    out = _as_video(output)
+    if reference is not None:
+        ref = _as_video(reference)
+        if out.shape != ref.shape:
+            raise ValueError(f"shapes differ: {out.shape} vs {ref.shape}")
+        reference_energy = laplacian_energy(ref)
+    e_out, e_ref = laplacian_energy(out), float(reference_energy)
     if e_ref == 0:
         return float("nan") if e_out == 0 else float("inf")
     return e_out / e_ref

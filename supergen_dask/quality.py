@@ -13,6 +13,7 @@ from supergen_dask.metrics import (
     detail_gain,
     duplication,
     grid_lines,
+    laplacian_energy,
     object_mask,
     seam_scores,
     temporal_flicker,
@@ -25,6 +26,8 @@ __all__ = [
     "step_grid_lines",
     "seam_pass_grid_lines",
     "upscaled_sketch",
+    "quality_window",
+    "detail_reference",
     "render_quality",
 ]
 
@@ -73,7 +76,25 @@ def upscaled_sketch(plan: RenderPlan, sketch: np.ndarray) -> np.ndarray:
     return up.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def render_quality(plan: RenderPlan, store, frames: np.ndarray | None = None) -> dict[str, Any]:
+def quality_window(plan: RenderPlan) -> slice:
+    """The frames the quality record measures: ``plan.quality_frames`` contiguous frames from the
+    middle (flicker needs neighbours), so the record stays cheap next to the render."""
+    total, limit = plan.pixel_frames, plan.quality_frames
+    start = max(0, (total - limit) // 2)
+    return slice(start, start + min(total, limit))
+
+
+def detail_reference(plan: RenderPlan, store) -> float:
+    """``laplacian_energy`` of the bicubic-upscaled sketch over ``quality_window``: what the
+    record's ``detail_gain`` divides by. It needs only the decoded sketch, so a render measures
+    it while the refinement runs (``tasks.measure_detail_reference``): at 4K the upscale and its
+    Laplacian were about half of the record's time, which comes after the last decode."""
+    return laplacian_energy(upscaled_sketch(plan, store.read_sketch_pixels()[quality_window(plan)]))
+
+
+def render_quality(
+    plan: RenderPlan, store, frames: np.ndarray | None = None, reference_energy: float | None = None
+) -> dict[str, Any]:
     """Metrics of a finished render (see ``supergen_dask.metrics``).
 
     ``seam_score_last``/``_mean``/``_max``: seam score on the final video at the borders of the
@@ -84,15 +105,13 @@ def render_quality(plan: RenderPlan, store, frames: np.ndarray | None = None) ->
     (``object_counts``, ``median_count``, ``exactly_one``); other models' records have no counts.
 
     The image gradients are computed once for all steps' grids (``seam_scores``), so the record's
-    cost does not grow with the number of refinement steps.
+    cost does not grow with the number of refinement steps. ``frames``: the frames to measure
+    (default: the decoded ``quality_window``, against the same window of the sketch);
+    ``reference_energy``: ``detail_reference(plan, store)`` when it was measured before.
     """
     window = slice(None)
     if frames is None:
-        # long, large videos: measure a contiguous window of frames in the middle (flicker needs
-        # neighbours), so the record stays cheap next to the render
-        total, limit = plan.pixel_frames, plan.quality_frames
-        start = max(0, (total - limit) // 2)
-        window = slice(start, start + min(total, limit))
+        window = quality_window(plan)
         frames = store.decoded_frames(window)
     colour = counted_colour(plan)
     mask = object_mask(frames, colour) if colour is not None else None
@@ -113,7 +132,9 @@ def render_quality(plan: RenderPlan, store, frames: np.ndarray | None = None) ->
         "temporal_flicker": temporal_flicker(frames, exclude_mask=mask),
     }
     if plan.sketch is not None:
-        out["detail_gain"] = detail_gain(frames, upscaled_sketch(plan, store.read_sketch_pixels()[window]))
+        if reference_energy is None:
+            reference_energy = laplacian_energy(upscaled_sketch(plan, store.read_sketch_pixels()[window]))
+        out["detail_gain"] = detail_gain(frames, reference_energy=reference_energy)
     if colour is not None:
         d = duplication(frames, colour)
         out.update(

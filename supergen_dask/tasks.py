@@ -49,6 +49,7 @@ __all__ = [
     "seam_tile",
     "encode_segment",
     "encode_output",
+    "measure_detail_reference",
     "measure_quality",
     "sketch_preview",
     "worker_code",
@@ -826,14 +827,28 @@ def encode_output(plan: RenderPlan, url: str, instance: str, video_path, segment
     return _receipt("encode", "encode", t0, path=str(video), frames=info.frames)
 
 
+def measure_detail_reference(plan: RenderPlan, url: str, instance: str, *deps) -> dict:
+    """What the quality record's detail gain divides by (``quality.detail_reference``), measured
+    as soon as the sketch is decoded, so that the record itself measures only the finished video."""
+    from supergen_dask.quality import detail_reference
+
+    t0 = time.perf_counter()
+    energy = detail_reference(plan, _store(url, instance))
+    return _receipt("reference", "detail_reference", t0, detail_reference=energy)
+
+
 def measure_quality(plan: RenderPlan, url: str, instance: str, *deps) -> dict:
     """Quality metrics of the finished render (seams, duplicates, detail, flicker); the driver
-    writes them into the store's attributes."""
+    writes them into the store's attributes. A ``measure_detail_reference`` receipt among
+    ``deps`` saves measuring the detail reference here."""
     from supergen_dask.quality import render_quality
 
     t0 = time.perf_counter()
     store = _store(url, instance)
-    return _receipt("quality", "quality", t0, quality=render_quality(plan, store))
+    reference = next(
+        (d["detail_reference"] for d in deps if isinstance(d, dict) and "detail_reference" in d), None
+    )
+    return _receipt("quality", "quality", t0, quality=render_quality(plan, store, reference_energy=reference))
 
 
 def sketch_preview(plan: RenderPlan, url: str, instance: str, path, *deps) -> dict:

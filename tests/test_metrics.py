@@ -458,6 +458,28 @@ def _quality(model: str, grammar: str | None = None, steps=8, k=6):
     return plan, video, scene, q
 
 
+def test_detail_gain_from_a_measured_reference_energy_is_the_same():
+    from supergen_dask.metrics import laplacian_energy
+
+    rng = np.random.default_rng(3)
+    out = rng.integers(0, 256, (2, 24, 32, 3), dtype=np.uint8)
+    ref = (out // 4 + 96).astype(np.uint8)
+    assert detail_gain(out, reference_energy=laplacian_energy(ref)) == detail_gain(out, ref)
+    for bad in ({}, {"reference": ref, "reference_energy": 1.0}):
+        with pytest.raises(ValueError, match="either reference or reference_energy"):
+            detail_gain(out, **bad)
+
+
+def test_quality_record_with_its_reference_measured_beforehand_is_the_same():
+    from supergen_dask.quality import detail_reference, quality_window, render_quality
+
+    plan, video, _, q = _quality("tiny-random-wan")
+    assert quality_window(plan) == slice(0, 9)  # 9 frames: all of them, as ``frames`` gives
+    store = _SketchOnly(video[:, ::2, ::2])
+    ahead = render_quality(plan, store, frames=video, reference_energy=detail_reference(plan, store))
+    assert ahead == q
+
+
 def test_models_declare_their_prompt_grammar(tmp_path):
     from pipelines import model_info
     from pipelines.toy import PROMPT_GRAMMAR

@@ -293,7 +293,15 @@ def test_quality_is_measured_and_stored(default_render):
     assert np.isfinite(q["seam_score_last"]) and np.isfinite(q["detail_gain"])
     # the prompt names a toy colour, but tiny-random-wan declares no prompt grammar: nothing counted
     assert "object_counts" not in q and "exactly_one" not in q
-    assert RenderStore.open(str(result.store_path), mode="r").attrs["quality"] == q
+    store = RenderStore.open(str(result.store_path), mode="r")
+    assert store.attrs["quality"] == q
+    # the detail reference was measured during the refinement, to the same values as measuring
+    # everything after the last decode
+    from supergen_dask.quality import detail_reference, render_quality
+
+    (reference,) = [r for r in result.receipts if r["task"] == "reference"]
+    assert reference["detail_reference"] == detail_reference(result.plan, store)
+    assert render_quality(result.plan, store) == q
 
 
 def test_anchoring_changes_the_refinement(tmp_path, client, keep_all_render):
