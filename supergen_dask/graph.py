@@ -284,7 +284,10 @@ class _Graph:
                     deps = [self.tiles.get(d) for d in st.dependencies(key)] + redo
                 priority = self.total_steps - step
                 index = step - st.first
-                home = key.row * st.grid.cols + key.col
+                # a tile's preferred worker, rotated by one grid per step: a grid whose tiles do
+                # not divide evenly over the workers leaves its extra tiles on other workers
+                # each step instead of always on the first
+                home = index * st.grid.rows * st.grid.cols + key.row * st.grid.cols + key.col
                 if st.split_guidance:
                     self._split_step(st, key, deps, priority)
                 elif self._cached(st) and not self.plan.cache.forced(index, len(st.steps)):
