@@ -359,6 +359,10 @@ class _Graph:
                 key=key.task_key(self.run, "predict", b),
                 deps=deps,
                 priority=priority,
+                # each branch prefers its own worker, so the two share a card only when there is
+                # one: a worker with two GPU slots would otherwise take both, and they would take
+                # turns on its card
+                home=b,
             )
             for b in (0, 1)
         ]

@@ -100,7 +100,7 @@ def test_a_session_records_how_its_workers_run_models(tmp_path, client):
         }
 
 
-def test_tile_homes_rotate_so_no_worker_always_gets_a_grids_extra_tiles():
+def test_tile_homes_rotate_and_guidance_branches_prefer_two_workers():
     """A 5x5 grid over 4 workers leaves one tile over per step; the preferred worker of each
     tile (a loose placement, graph._Graph._submit) moves by one grid per step, so over the 4
     steps every worker is preferred for 25 of the 100 tile steps instead of one worker for 28
@@ -119,19 +119,29 @@ def test_tile_homes_rotate_so_no_worker_always_gets_a_grids_extra_tiles():
             return {"workers": {w: {} for w in workers}}
 
         def submit(self, fn, *args, key, workers=None, **kw):
-            preferred.append((key, workers[0]))
+            preferred.append((key, workers[0] if workers else None))
             return object()
 
     class FakeStore:
         location, instance = "nowhere", "0"
 
         def done_mask(self, name):
-            return np.zeros((len(st.steps), st.grid.rows, st.grid.cols), dtype=bool)
+            s = plan.stage(name)
+            return np.zeros((len(s.steps), s.grid.rows, s.grid.cols), dtype=bool)
 
-    _Graph(FakeClient(), plan, FakeStore(), 0, None).stage("refine", None, None)
+    graph = _Graph(FakeClient(), plan, FakeStore(), 0, None)
+    graph.stage("refine", None, None)
     assert len(preferred) == 100
     counts = {w: sum(1 for _, p in preferred if p == w) for w in workers}
     assert counts == dict.fromkeys(workers, 25)
     for step in range(4):  # and within each step, 7 / 6 / 6 / 6
         per = sorted(sum(1 for _, p in preferred[step * 25 : (step + 1) * 25] if p == w) for w in workers)
         assert per == [6, 6, 6, 7]
+    # the sketch's guidance branches (one task each) prefer two different workers, so two GPU
+    # slots on one worker do not put both on one card
+    sketch = plan.sketch
+    preferred.clear()
+    graph.stage("sketch", None, None)
+    branches = [(k, w) for k, w in preferred if k[0].startswith("predict-")]
+    assert len(branches) == 2 * len(sketch.steps)
+    assert {(k[-1], w) for k, w in branches} == {(0, workers[0]), (1, workers[1])}
