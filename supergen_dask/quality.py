@@ -84,12 +84,14 @@ def quality_window(plan: RenderPlan) -> slice:
     return slice(start, start + min(total, limit))
 
 
-def detail_reference(plan: RenderPlan, store) -> float:
-    """``laplacian_energy`` of the bicubic-upscaled sketch over ``quality_window``: what the
-    record's ``detail_gain`` divides by. It needs only the decoded sketch, so a render measures
-    it while the refinement runs (``tasks.measure_detail_reference``): at 4K the upscale and its
-    Laplacian were about half of the record's time, which comes after the last decode."""
-    return laplacian_energy(upscaled_sketch(plan, store.read_sketch_pixels()[quality_window(plan)]))
+def detail_reference(plan: RenderPlan, store, window: slice | None = None) -> float:
+    """``laplacian_energy`` of the bicubic-upscaled sketch over ``window`` (default
+    ``quality_window``): what the record's ``detail_gain`` divides by. It needs only the decoded
+    sketch, so a render measures it while the refinement runs (``tasks.measure_detail_reference``):
+    at 4K the upscale and its Laplacian were about half of the record's time, which comes after
+    the last decode."""
+    window = quality_window(plan) if window is None else window
+    return laplacian_energy(upscaled_sketch(plan, store.read_sketch_pixels()[window]))
 
 
 def render_quality(
@@ -133,7 +135,7 @@ def render_quality(
     }
     if plan.sketch is not None:
         if reference_energy is None:
-            reference_energy = laplacian_energy(upscaled_sketch(plan, store.read_sketch_pixels()[window]))
+            reference_energy = detail_reference(plan, store, window)
         out["detail_gain"] = detail_gain(frames, reference_energy=reference_energy)
     if colour is not None:
         d = duplication(frames, colour)

@@ -92,16 +92,13 @@ def _to_model(x: np.ndarray, device) -> torch.Tensor:
 
 
 def _to_store(x: torch.Tensor, dtype: str) -> np.ndarray:
-    """Model layout ``(1, C, F, h, w)`` -> stored ``(F, C, h, w)``; a value beyond float16's range
-    (65504) raises instead of being stored as infinity."""
-    # no extra copy on the hot path: the store makes the one contiguous copy it writes
-    out = x[0].permute(1, 0, 2, 3).float().cpu().numpy().astype(dtype, copy=False)
-    if out.dtype == np.float16 and np.isinf(out).any() and np.isfinite(x.float().cpu().numpy()).all():
-        raise NonFiniteError(
-            "latents or scheduler history beyond float16's range (65504): "
-            "store in float32 (output.store_dtype: float32)"
-        )
-    return out
+    """Model layout ``(1, C, F, h, w)`` -> stored ``(F, C, h, w)`` on the host; a value beyond
+    float16's range (65504) raises instead of being stored as infinity. For a stage's inputs;
+    a stepped tile's arrays go through ``_host_outputs``."""
+    stored = _store_layout(x, getattr(torch, dtype))
+    if bool(_overflow(x, stored)):
+        raise NonFiniteError(FLOAT16_OVERFLOW)
+    return stored.cpu().numpy()
 
 
 def _to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -282,6 +279,9 @@ def _tile_input(store, plan: RenderPlan, key: TileKey, device, with_state: bool 
     return sample, region
 
 
+FLOAT16_OVERFLOW = "latents or scheduler history beyond float16's range (65504): store in float32 (output.store_dtype: float32)"
+
+
 def _store_layout(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Model layout ``(1, C, F, h, w)`` -> stored ``(F, C, h, w)`` in ``dtype``, where ``x`` is."""
     return x[0].permute(1, 0, 2, 3).float().to(dtype)
@@ -329,10 +329,7 @@ def _landed(plan: RenderPlan, key: TileKey, copy: transfer.HostCopy) -> dict[str
     arrays, checks = copy.wait()
     raise_unless_finite(checks["finite"], key, plan.spec.guidance_scale, plan.spec.dtype)
     if checks["overflow"]:
-        raise NonFiniteError(
-            "latents or scheduler history beyond float16's range (65504): "
-            "store in float32 (output.store_dtype: float32)"
-        )
+        raise NonFiniteError(FLOAT16_OVERFLOW)
     return arrays
 
 

@@ -43,6 +43,16 @@ def to_device(
     return pinned.to(device, non_blocking=True).to(dtype)
 
 
+def _queue(x: torch.Tensor) -> torch.Tensor:
+    """``x``'s host copy: queued into page-locked memory from a card, the tensor itself on a CPU."""
+    x = x.detach()
+    if x.device.type != "cuda":
+        return x.contiguous()
+    host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    host.copy_(x.contiguous(), non_blocking=True)
+    return host
+
+
 class HostCopy:
     """Tensors on their way to the host, queued behind the work that computes them.
 
@@ -51,20 +61,12 @@ class HostCopy:
     ``(arrays, checks)`` as NumPy values once the copies have landed."""
 
     def __init__(self, arrays: dict[str, torch.Tensor], checks: dict[str, torch.Tensor] | None = None):
-        self._event = None
-        self._arrays = {k: self._queue(v) for k, v in arrays.items()}
-        self._checks = {k: self._queue(v) for k, v in (checks or {}).items()}
-
-    def _queue(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.detach()
-        if x.device.type != "cuda":
-            return x.contiguous()
-        host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
-        host.copy_(x.contiguous(), non_blocking=True)
-        if self._event is None:
-            self._event = torch.cuda.Event()
-        self._event.record(torch.cuda.current_stream(x.device))  # after every copy queued so far
-        return host
+        self._arrays = {k: _queue(v) for k, v in arrays.items()}
+        self._checks = {k: _queue(v) for k, v in (checks or {}).items()}
+        cards = [v.device for v in (*arrays.values(), *(checks or {}).values()) if v.device.type == "cuda"]
+        self._event = torch.cuda.Event() if cards else None
+        if cards:  # a worker computes on one card: one event, after every copy
+            self._event.record(torch.cuda.current_stream(cards[0]))
 
     def wait(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         if self._event is not None:

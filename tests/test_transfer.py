@@ -61,7 +61,12 @@ def test_a_stepped_tile_lands_as_the_store_layout_of_each_array(store_dtype):
     chunks = {"cache": torch.stack([new, new * 2, new * 3])}
     out = tasks._landed(plan, key, tasks._host_outputs(plan, key, new, state, chunks))
     assert list(out)[-1] == "latents"  # written last of the tile's arrays
-    np.testing.assert_array_equal(out["latents"], tasks._to_store(new, store_dtype))
+
+    def stored(x):  # the store's layout and dtype, converted by NumPy
+        return x[0].permute(1, 0, 2, 3).numpy().astype(store_dtype)
+
+    np.testing.assert_array_equal(out["latents"], stored(new))
+    np.testing.assert_array_equal(tasks._to_store(new, store_dtype), stored(new))
     assert out["latents"].dtype == np.dtype(store_dtype)
     np.testing.assert_array_equal(out["cache"], chunks["cache"][:, 0].permute(0, 2, 1, 3, 4).numpy())
     for name, slots in state.items():
@@ -69,7 +74,7 @@ def test_a_stepped_tile_lands_as_the_store_layout_of_each_array(store_dtype):
         assert arr.shape[0] == plan.state_slots[name] and arr.dtype == np.dtype(store_dtype)
         for s in range(arr.shape[0]):
             if s in slots:
-                np.testing.assert_array_equal(arr[s], tasks._to_store(slots[s], store_dtype))
+                np.testing.assert_array_equal(arr[s], stored(slots[s]))
             else:
                 assert np.isnan(arr[s]).all()
 
@@ -89,6 +94,8 @@ def test_values_the_store_cannot_hold_stop_the_tile():
     history = {**state, name: {s: v * 1e5 for s, v in state[name].items()}}
     with pytest.raises(NonFiniteError, match="scheduler history beyond float16's range"):
         tasks._landed(plan, key, tasks._host_outputs(plan, key, new, history))
+    with pytest.raises(NonFiniteError, match="beyond float16's range"):  # a stage input, likewise
+        tasks._to_store(big, "float16")
     # the same values stored as float32 are fine
     plan32, *_ = _stepped("float32")
     tasks._landed(plan32, key, tasks._host_outputs(plan32, key, big, history))
