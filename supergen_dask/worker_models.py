@@ -198,15 +198,15 @@ def worker_name() -> str:
 
 @contextlib.contextmanager
 def device_turn() -> Iterator[float]:
-    """This worker's turn on its device, for a task's model call and the copies of its results
-    back to the host; yields the seconds it waited for the turn.
+    """This worker's turn on its device, for queueing a task's model call and the copies of its
+    results back to the host; yields the seconds it waited for the turn.
 
     A GPU worker may run several tile tasks at once (``supergen.cluster.gpu-slots``): while one
-    holds the turn and computes, the others read their inputs or write their outputs. Model calls
-    take turns, so a card never holds two forwards' activations; the results are copied to the
-    host inside the turn, because a copy issued after it would queue on the card's stream behind
-    the next task's kernels. One lock per worker (threads-mode clusters run several workers in
-    one process, each with its own device share)."""
+    holds the turn, the others read their inputs or write their outputs. Model calls are queued
+    in turn, so a card runs one forward after the other and never holds two forwards'
+    activations; the copies of a task's results are queued inside its turn, ahead of the next
+    task's kernels, and waited for after it (``supergen_dask.transfer``). One lock per worker
+    (threads-mode clusters run several workers in one process, each with its own device share)."""
     lock = _TURNS.setdefault(worker_name(), threading.Lock())  # setdefault is atomic
     t0 = time.perf_counter()
     with lock:
