@@ -360,6 +360,16 @@ def check_offload(value: Any, name: str = "offload") -> str:
     return mode
 
 
+# One component loads at a time in a process, whatever backend it belongs to. Loading changes
+# process-wide state and puts it back when done: transformers' ``from_pretrained`` sets torch's
+# default dtype, diffusers' (through accelerate's ``init_empty_weights``) patches
+# ``nn.Module.register_parameter``. Two loads in two threads put back each other's settings: on a
+# GPU worker a text encoder then loaded with weights left on the meta device, and torch's default
+# dtype stayed bfloat16 for the worker's life (its later renders differed from another card's).
+# The lock covers loading only; a component already loaded is used without it.
+_LOAD_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _loading_with(offload: str) -> Iterator[list]:
     """While a component loads: how ``place`` puts it, and the list of the modules it placed."""
@@ -477,9 +487,6 @@ class LazyBackend(VideoBackend):
         super().__init__(info, device, dtype)
         self._loaders = dict(loaders)
         self._components: dict[str, Any] = {}
-        # one lock per component: encoding the prompt must not wait for the transformer to load
-        # (it did, for 20 s, on a GPU worker warming its 1.3B model)
-        self._load_locks = {name: threading.Lock() for name in self._loaders}
         # VAEs keep per-call feature caches on the module: one call at a time per process.
         self._vae_lock = threading.Lock()
         # components moved to CPU memory until their next use (``park``), the modules each placed
@@ -504,16 +511,19 @@ class LazyBackend(VideoBackend):
             self._unpark(name)
         comp = self._components.get(name)
         if comp is None:
-            with self._load_locks.setdefault(name, threading.Lock()):  # atomic in CPython
+            # loads take turns in a process (``_LOAD_LOCK``): the text encoder's load may wait
+            # for the transformer's, never for its warm-up forward or any other use
+            with _LOAD_LOCK:
                 comp = self._components.get(name)
                 if comp is None:
-                    with _loading_with("none" if name in self.resident else self.offload) as placed:
+                    mode = "none" if name in self.resident else self.offload
+                    with _loading_with(mode) as placed:
                         comp = self._loaders[name]()
-                    self._placed[name] = placed
                     if name in self.denoisers and (self.attention or self.compile):
                         from pipelines.acceleration import accelerate
 
                         accelerate(comp, self.attention, self.compile)
+                    self._placed[name] = placed
                     self._components[name] = comp
         return comp
 

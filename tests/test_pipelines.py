@@ -79,3 +79,49 @@ def test_unknown_models_and_pipelines_are_refused(tmp_path):
     (tmp_path / "m" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     with pytest.raises(UnknownModelError, match="StableDiffusionPipeline"):
         model_info(str(tmp_path / "m"))
+
+
+def test_components_load_one_at_a_time_so_process_wide_settings_survive():
+    """Loading sets process-wide state and puts it back after (transformers' ``from_pretrained``
+    sets torch's default dtype in ``local_torch_dtype``). Two components of two backends asked for
+    at once in two threads load one after the other, and the default dtype is float32 after."""
+    import threading
+    import time
+
+    from transformers.modeling_utils import local_torch_dtype
+
+    from pipelines.base import LazyBackend
+
+    spans: dict[str, tuple[float, float]] = {}
+
+    def loader(name: str, seconds: float):
+        def load():
+            t0 = time.perf_counter()
+            with local_torch_dtype(torch.bfloat16):  # what from_pretrained(dtype=bfloat16) does
+                time.sleep(seconds)
+                layer = torch.nn.Linear(2, 2)
+            spans[name] = (t0, time.perf_counter())
+            return layer
+
+        return load
+
+    info = model_info("tiny-random-wan")
+    text = LazyBackend(info, {"text": loader("text", 0.4)})
+    denoiser = LazyBackend(info, {"transformer": loader("transformer", 0.4)})
+    threads = [
+        threading.Thread(target=text._get, args=("text",)),
+        threading.Thread(target=denoiser._get, args=("transformer",)),
+    ]
+    try:
+        threads[0].start()
+        time.sleep(0.1)  # the second load starts while the first is under way
+        threads[1].start()
+        for t in threads:
+            t.join()
+        default = torch.get_default_dtype()
+    finally:
+        torch.set_default_dtype(torch.float32)  # never leave a broken default to later tests
+    (a0, a1), (b0, b1) = sorted(spans.values())
+    assert a1 <= b0, spans
+    assert default == torch.float32
+    assert text._get("text").weight.dtype == denoiser._get("transformer").weight.dtype == torch.bfloat16
