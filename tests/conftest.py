@@ -71,6 +71,21 @@ def store_arrays(store_path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def array_differences(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, tuple[float, int]]:
+    """For each floating-point array of two renders' ``store_arrays`` that differs: the largest
+    absolute difference and the first index along its first axis (a step, for per-step arrays)
+    where it differs. Cells that are NaN on either side (never written) are not compared."""
+    out = {}
+    for k in sorted(a):
+        if a[k].dtype.kind != "f":
+            continue
+        d = np.nan_to_num(np.abs(a[k].astype(np.float64) - b[k]), nan=0.0)
+        if d.size and d.max() > 0:
+            per = d.reshape(len(d), -1).max(axis=1) if d.ndim else d.reshape(1)
+            out[k] = (float(d.max()), int(np.flatnonzero(per)[0]))
+    return out
+
+
 def assert_renders_identical(a: Path, b: Path) -> None:
     """Bit-identical latents, scheduler state, pixels and video bytes."""
     xa, xb = store_arrays(a / "render.zarr"), store_arrays(b / "render.zarr")
