@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import hashlib
 import json
 import threading
@@ -211,6 +212,14 @@ class VideoBackend:
         self.device = torch.device(device)
         self.dtype = dtype
 
+    def __init_subclass__(cls, **kwargs):
+        # every family's model calls give what they give with no load under way elsewhere in the
+        # process (``unaffected_by_loads``)
+        super().__init_subclass__(**kwargs)
+        for name in MODEL_CALLS:
+            if name in cls.__dict__:
+                setattr(cls, name, unaffected_by_loads(cls.__dict__[name]))
+
     # -- text ---------------------------------------------------------------------------------
     def encode_prompt(
         self, prompt: str, negative_prompt: str = "", **options: Any
@@ -368,6 +377,44 @@ def check_offload(value: Any, name: str = "offload") -> str:
 # dtype stayed bfloat16 for the worker's life (its later renders differed from another card's).
 # The lock covers loading only; a component already loaded is used without it.
 _LOAD_LOCK = threading.RLock()
+# Loads begun in this process, and by this thread. Torch's default dtype is one for the process,
+# so while another thread loads, what a model call creates without a dtype is created in the
+# loader's dtype: on a CPU, a bfloat16 default changed the tiny Wan's prompt embeddings by up to
+# 0.004 (a worker encodes the prompt while it loads the transformer for its warm-up).
+_LOADS_BEGUN = 0
+_OWN_LOADS = threading.local()
+
+# The backend methods that run a model (``VideoBackend.__init_subclass__`` guards each family's)
+MODEL_CALLS = ("encode_prompt", "predict", "encode_image", "vae_encode", "vae_decode")
+
+
+def _loads_by_others() -> int:
+    return _LOADS_BEGUN - getattr(_OWN_LOADS, "count", 0)
+
+
+def _count_load() -> None:
+    """Record a load beginning in this thread (called holding ``_LOAD_LOCK``)."""
+    global _LOADS_BEGUN
+    _LOADS_BEGUN += 1
+    _OWN_LOADS.count = getattr(_OWN_LOADS, "count", 0) + 1
+
+
+def unaffected_by_loads(fn: Callable) -> Callable:
+    """``fn`` (a model call: pure, inputs to outputs) run with no other thread's load under way:
+    it starts once a load under way has ended, and runs again if another thread began a load
+    while it ran (loads are rare: a worker's first tasks, a new model). A load this call makes
+    itself (a component's first use) ends before the call goes on, so it counts for nothing."""
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        while True:
+            with _LOAD_LOCK:  # waits for a load under way in another thread
+                before = _loads_by_others()
+            out = fn(*args, **kwargs)
+            if _loads_by_others() == before:
+                return out
+
+    return call
 
 
 @contextlib.contextmanager
@@ -516,6 +563,7 @@ class LazyBackend(VideoBackend):
             with _LOAD_LOCK:
                 comp = self._components.get(name)
                 if comp is None:
+                    _count_load()
                     mode = "none" if name in self.resident else self.offload
                     with _loading_with(mode) as placed:
                         comp = self._loaders[name]()

@@ -125,3 +125,78 @@ def test_components_load_one_at_a_time_so_process_wide_settings_survive():
     assert a1 <= b0, spans
     assert default == torch.float32
     assert text._get("text").weight.dtype == denoiser._get("transformer").weight.dtype == torch.bfloat16
+
+
+def _loading_in_bfloat16(started, release=None, seconds: float = 0.0):
+    """A component loader that sets torch's default dtype to bfloat16 while it runs, as
+    ``from_pretrained(dtype=torch.bfloat16)`` does, and says when it has begun."""
+    import time
+
+    from transformers.modeling_utils import local_torch_dtype
+
+    def load():
+        with local_torch_dtype(torch.bfloat16):
+            started.set()
+            if release is not None:
+                release.wait(10)
+            time.sleep(seconds)
+            return torch.nn.Linear(2, 2)
+
+    return load
+
+
+def test_a_model_call_waits_for_another_threads_load_to_end():
+    """A prompt encoded while another thread loads (torch's default dtype bfloat16 meanwhile, as
+    on a worker loading its transformer for the warm-up) gives the embeddings it gives with no
+    load under way: the tiny Wan's differ by up to 0.004 when encoded during the load."""
+    import threading
+
+    from pipelines.base import LazyBackend
+
+    wan = load_backend("tiny-random-wan")
+    reference = wan.encode_prompt("a red circle moving right", "")
+    started = threading.Event()
+    other = LazyBackend(
+        model_info("tiny-random-wan"), {"transformer": _loading_in_bfloat16(started, seconds=0.5)}
+    )
+    loader = threading.Thread(target=other._get, args=("transformer",))
+    try:
+        loader.start()
+        assert started.wait(10)
+        during = wan.encode_prompt("a red circle moving right", "")  # while the other loads
+        loader.join()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(during, reference, strict=True))
+
+
+def test_a_model_call_runs_again_when_another_thread_began_a_load_meanwhile():
+    """A model call during which another thread began loading (so part of it may have run with a
+    bfloat16 default) runs again once that load has ended, and returns the second result."""
+    import threading
+
+    from pipelines.base import LazyBackend, VideoBackend
+
+    started, release = threading.Event(), threading.Event()
+    other = LazyBackend(
+        model_info("tiny-random-wan"), {"transformer": _loading_in_bfloat16(started, release)}
+    )
+    calls = []
+
+    class Backend(VideoBackend):
+        def vae_decode(self, latents):
+            if not calls:  # the first run: another thread begins a load in the middle of it
+                threading.Thread(target=other._get, args=("transformer",)).start()
+                assert started.wait(10)
+            made = torch.tensor([0.1])  # a tensor made without a dtype, as VAEs do
+            calls.append(made.dtype)
+            release.set()
+            return made.float() * latents
+
+    try:
+        out = Backend(model_info("tiny-random-wan")).vae_decode(torch.ones(1))
+    finally:
+        release.set()
+        torch.set_default_dtype(torch.float32)
+    assert calls == [torch.bfloat16, torch.float32]
+    assert out.dtype == torch.float32 and torch.equal(out, torch.tensor([0.1]))
