@@ -5,8 +5,9 @@ Three ways to get one:
   ``text_encoder/``, ``tokenizer/``, ``scheduler/``), loaded with ``from_pretrained`` from disk only;
 - ``tiny-random-wan``: a 2-layer random-weight model built in code (the test and default model until
   a trained one ships); its outputs are noise-like and mean nothing;
-- ``random-wan2.1-1.3b-shape``: random weights in the exact shape of Wan2.1-T2V-1.3B (for timing on
-  a GPU: random weights cost what real ones cost), with a small VAE and hashed prompt embeddings.
+- ``random-wan2.1-1.3b-shape`` and ``random-wan2.1-14b-shape``: random weights in the exact shape of
+  Wan2.1-T2V-1.3B / -14B (for timing on a GPU: random weights cost what real ones cost), with a
+  small VAE and hashed prompt embeddings.
 """
 
 from __future__ import annotations
@@ -103,6 +104,10 @@ WAN_1_3B_TRANSFORMER_CONFIG: dict[str, Any] = dict(
     eps=1e-6,
     rope_max_seq_len=1024,
 )
+# Wan2.1-T2V-14B: what sets it apart from the 1.3B (dim 5120 = 40 heads of 128)
+WAN_14B_TRANSFORMER_CONFIG: dict[str, Any] = dict(
+    WAN_1_3B_TRANSFORMER_CONFIG, num_attention_heads=40, ffn_dim=13824, num_layers=40
+)
 SMALL_VAE_CONFIG: dict[str, Any] = dict(
     base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True]
 )
@@ -136,6 +141,21 @@ _PRESETS: dict[str, dict[str, Any]] = {
             description="random weights in the shape of Wan2.1-T2V-1.3B (timing only), small random VAE",
         ),
         # drawn on the GPU: seeded CPU initialisation of 1.3B weights took 27 s per worker
+        device_init=True,
+    ),
+    "random-wan2.1-14b-shape": dict(
+        transformer=WAN_14B_TRANSFORMER_CONFIG,
+        vae=SMALL_VAE_CONFIG,
+        text_len=512,
+        info=dict(
+            native_height=720,
+            native_width=1280,
+            native_frames=81,
+            fps=16,
+            default_steps=50,
+            default_guidance=5.0,
+            description="random weights in the shape of Wan2.1-T2V-14B (timing only), small random VAE",
+        ),
         device_init=True,
     ),
 }

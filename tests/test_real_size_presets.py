@@ -18,13 +18,15 @@ from supergen_dask.estimate import LimitError
 
 COG = "random-cogvideox1.5-5b-shape"
 HY = "random-hunyuanvideo-shape"
+WAN14 = "random-wan2.1-14b-shape"
 
 
 def test_presets_are_listed_with_the_real_checkpoints_facts(capsys):
-    assert {COG, HY} <= set(available_models())
+    assert {COG, HY, WAN14} <= set(available_models())
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert f"{COG}: native 1360x768, 81 frames" in out and f"{HY}: native 1280x720, 129 frames" in out
+    assert f"{WAN14}: native 1280x720, 81 frames" in out
 
     cog = model_info(COG)
     assert (cog.family, cog.native_width, cog.native_height, cog.native_frames, cog.fps) == (
@@ -84,6 +86,7 @@ def test_the_models_have_the_published_sizes_built_on_meta():
         AutoencoderKLHunyuanVideo,
         CogVideoXTransformer3DModel,
         HunyuanVideoTransformer3DModel,
+        WanTransformer3DModel,
     )
 
     with torch.device("meta"):  # shapes only: no memory
@@ -102,6 +105,11 @@ def test_the_models_have_the_published_sizes_built_on_meta():
     assert _defaults(AutoencoderKLCogVideoX, cogvideox.COGVIDEOX15_5B_VAE_CONFIG, but=_COG_VAE_NOT_DEFAULT)
     assert _defaults(AutoencoderKLHunyuanVideo, hunyuan.HUNYUAN_VAE_CONFIG)
     assert _params(hy_v) == pytest.approx(246.5e6, rel=0.005)
+    # Wan2.1-T2V-14B's transformer: 14.29B weights (28.6 GB in bf16)
+    with torch.device("meta"):
+        wan_t = WanTransformer3DModel(**transformer_config(WAN14))
+    assert _params(wan_t) == pytest.approx(14.29e9, rel=0.005)
+    assert wan_t.config.num_attention_heads * wan_t.config.attention_head_dim == 5120
     assert cog_t.config.max_text_seq_length == 226 and cog_t.config.patch_size_t == 2
     assert cog_v.config.scaling_factor == 0.7 and cog_v.config.invert_scale_latents
     assert hy_t.config.guidance_embeds and hy_t.config.pooled_projection_dim == 768
@@ -123,7 +131,7 @@ def _plan_2k(model: str, frames: int):
 
 @pytest.mark.parametrize(
     "model, frames, native",
-    [(COG, 81, (768, 1360)), (HY, 129, (720, 1280))],
+    [(COG, 81, (768, 1360)), (HY, 129, (720, 1280)), (WAN14, 81, (720, 1280))],
 )
 def test_a_2k_plan_is_tiled_with_a_native_sketch_and_an_estimate(model, frames, native):
     with dask.config.set({"supergen.limits.max-worker-memory": "64GiB"}):  # not this machine's
@@ -150,7 +158,7 @@ def test_a_small_machine_is_refused_with_the_setting_to_raise():
         _plan_2k(HY, 129)
 
 
-@pytest.mark.parametrize("model, frames", [(COG, 81), (HY, 129)])
+@pytest.mark.parametrize("model, frames", [(COG, 81), (HY, 129), (WAN14, 81)])
 def test_dry_run_prints_the_2k_plan_without_loading_weights(model, frames, tmp_path, capsys, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a dry run loaded the model")
