@@ -77,6 +77,32 @@ def on_card(receipt: dict) -> tuple[float, float]:
     return receipt["finished"] - receipt["seconds"], receipt["finished"]
 
 
+def stage2_idle(receipts: list[dict]) -> dict:
+    """Where each worker's card waited during stage 2, in seconds: from the stage's first model
+    call on any card to the worker's first (``before_first``), between its model calls
+    (``between``) and from its last to the stage's last (``after_last``), with its model calls
+    (``calls``). A step's tail shows in ``after_last`` and ``between``, a slow start in
+    ``before_first``."""
+    per: dict[str, list] = defaultdict(list)
+    for r in receipts:
+        if r.get("task") == "denoise" and stage_of(r) == "stage2" and not r.get("skipped"):
+            per[r["worker"]].append(on_card(r))
+    if not per:
+        return {}
+    lo = min(a for iv in per.values() for a, _ in iv)
+    hi = max(b for iv in per.values() for _, b in iv)
+    out = {}
+    for w, iv in sorted(per.items()):
+        first, last = min(a for a, _ in iv), max(b for _, b in iv)
+        out[w] = {
+            "calls": len(iv),
+            "before_first": round(first - lo, 3),
+            "between": round((last - first) - union_seconds(iv), 3),
+            "after_last": round(hi - last, 3),
+        }
+    return out
+
+
 def union_seconds(intervals) -> float:
     """Length of the union of ``(start, end)`` intervals: tasks that share a card (GPU slots)
     overlap, and a card computing for two of them at once is busy once."""
@@ -217,6 +243,7 @@ def run(args) -> dict:
         "quality": result.quality,
         "cache": sd.graph.cache_summary(RenderStore.open(str(result.store_path), mode="r"), plan),
         "model_calls_per_worker": _calls_per_worker(result.receipts),
+        "stage2_idle_seconds_per_worker": stage2_idle(result.receipts),
         "cache_by_step": _cache_by_step(result.store_path, plan),
     }
     if log:

@@ -63,6 +63,22 @@ def test_tiles_sharing_a_card_count_its_busy_time_once():
     assert scaling.union_seconds([]) == 0 and scaling.union_seconds([(0, 1), (0.2, 0.5), (3, 4)]) == 2
 
 
+def test_stage2_idle_splits_each_cards_wait_into_start_gaps_and_tail():
+    receipts = [
+        _r("denoise", "refine/1/0/0", 0.0, 1.5, "w0", turn_started=0.0, forward_seconds=1.0),
+        _r("denoise", "refine/1/0/1", 0.0, 2.5, "w0", turn_started=2.0, forward_seconds=1.0),  # 1 s gap
+        _r("denoise", "refine/1/1/0", 0.5, 1.2, "w1", turn_started=0.5, forward_seconds=1.0),
+        _r("denoise", "refine/2/1/0", 1.0, 1.2, "w1", turn_started=1.2, forward_seconds=1.0),  # overlaps
+        _r("denoise", "refine/2/1/1", 1.0, 1.2, "w1", turn_started=1.2, skipped=True),
+        _r("denoise", "sketch/0/0/0", 0.0, 9.0, "w1", turn_started=0.0, forward_seconds=9.0),
+    ]
+    assert scaling.stage2_idle(receipts) == {
+        "w0": {"calls": 2, "before_first": 0.0, "between": 1.0, "after_last": 0.0},
+        "w1": {"calls": 2, "before_first": 0.5, "between": 0.0, "after_last": 0.8},
+    }
+    assert scaling.stage2_idle([]) == {}
+
+
 def test_merge_refuses_runs_from_different_cards(tmp_path):
     import json
 
