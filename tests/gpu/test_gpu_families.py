@@ -16,7 +16,6 @@ them with the rest of tests/gpu. The models are the CPU tests' (``save_tiny_pipe
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +24,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import array_differences, assert_renders_identical, store_arrays
-from distributed import Client
 from family_checks import native_spec, small_margins, stored_steps
+from gpu_clusters import gpu_clusters, render_on  # noqa: F401 (gpu_clusters: a fixture)
 from PIL import Image
 
 import supergen_dask as sd
@@ -34,7 +33,6 @@ from pipelines import ImageCondition
 from pipelines.base import unpack_text
 from storage import RenderStore
 from supergen_dask import worker_models
-from supergen_dask.cluster import make_cluster
 
 pytestmark = [
     pytest.mark.gpu,
@@ -375,34 +373,6 @@ CASES: dict[str, Case] = {
 
 
 # -- shared state: the tiny models, the picture, one cluster per GPU count -------------------------
-_CLIENTS: dict = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _clusters():
-    """One dask-cuda cluster per GPU count for the whole module (each start costs seconds)."""
-    with contextlib.ExitStack() as stack:
-        _CLIENTS["stack"] = stack
-        yield
-    _CLIENTS.clear()
-
-
-def _cluster(n_gpus: int):
-    return make_cluster(n_workers=n_gpus)
-
-
-def _client(n_gpus: int) -> Client:
-    if n_gpus not in _CLIENTS:
-        stack = _CLIENTS["stack"]
-        cluster = stack.enter_context(_cluster(n_gpus))
-        _CLIENTS[n_gpus] = stack.enter_context(Client(cluster))
-    client = _CLIENTS[n_gpus]
-    assert len(client.scheduler_info()["workers"]) == n_gpus
-    return client
-
-
-def _render(spec, out, n_gpus: int):
-    return sd.render(spec, output_dir=out, client=_client(n_gpus), progress=False)
 
 
 def _gpu_count() -> int:
@@ -476,7 +446,7 @@ def test_native_render_equals_the_diffusers_pipeline_in_bf16(tmp_path, monkeypat
     model_dir = _model(models, name)
     picture = _picture(tmp_path / "first.png", case.native)
     spec = _spec(name, model_dir, picture)
-    result = _render(spec, tmp_path / "r", 1)
+    result = render_on(spec, tmp_path / "r", 1)
     plan = result.plan
     assert plan.sketch is None and plan.refine.grid.n_tiles == 1
     assert len(plan.refine.steps) == case.steps
@@ -504,8 +474,8 @@ def test_2x_render_is_the_same_on_two_gpus_as_on_one(tmp_path, models, name):
         num_inference_steps=3, refine_steps=2, shift=sd.ShiftSettings(), output=sd.OutputSettings()
     )
     with small_margins():
-        one = _render(spec, tmp_path / "one", 1)
-        two = _render(spec, tmp_path / "two", 2)
+        one = render_on(spec, tmp_path / "one", 1)
+        two = render_on(spec, tmp_path / "two", 2)
     plan = one.plan
     assert plan.sketch is not None and plan.refine.grid.n_tiles == 4
     assert plan.refine.shift.stride_y > 0 and plan.refine.offset(plan.refine.last) != (0, 0)

@@ -7,7 +7,6 @@ Marked ``gpu`` and skipped without CUDA (CI has none). Run them on the lent GPU 
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import time
 
@@ -17,6 +16,7 @@ import pytest
 import torch
 from conftest import assert_renders_identical, store_arrays
 from distributed import Client
+from gpu_clusters import gpu_client, gpu_clusters, new_gpu_client, render_on  # noqa: F401 (gpu_clusters: a fixture)
 
 import supergen_dask as sd
 from storage import RenderStore
@@ -44,32 +44,6 @@ def _spec(**overrides) -> sd.RenderSpec:
     return sd.RenderSpec(**fields)
 
 
-_CLIENTS: dict[int, Client] = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _clusters():
-    """One dask-cuda cluster per GPU count for the whole module (each start costs seconds)."""
-    with contextlib.ExitStack() as stack:
-        _CLIENTS["stack"] = stack
-        yield
-    _CLIENTS.clear()
-
-
-def _client(n_gpus: int) -> Client:
-    if n_gpus not in _CLIENTS:
-        stack = _CLIENTS["stack"]
-        cluster = stack.enter_context(make_cluster(n_workers=n_gpus))
-        _CLIENTS[n_gpus] = stack.enter_context(Client(cluster))
-    client = _CLIENTS[n_gpus]
-    assert len(client.scheduler_info()["workers"]) == n_gpus
-    return client
-
-
-def _render(spec, out, n_gpus: int):
-    return sd.render(spec, output_dir=out, client=_client(n_gpus), progress=False)
-
-
 def _gpus(result) -> dict[str, set[str]]:
     """Physical cards (UUIDs) each kind of GPU task ran on, from the receipts and the tile stats."""
     store = RenderStore.open(str(result.store_path), mode="r")
@@ -91,7 +65,7 @@ def test_one_tile_render_equals_the_diffusers_pipeline_in_bf16(tmp_path):
         refine_steps=6,
         output=sd.OutputSettings(store_dtype="float32"),  # what the pipeline computes, unrounded
     )
-    result = _render(spec, tmp_path / "r", 1)
+    result = render_on(spec, tmp_path / "r", 1)
     plan = result.plan
     assert plan.sketch is None and plan.refine.grid.n_tiles == 1
     store = RenderStore.open(str(result.store_path), mode="r")
@@ -135,8 +109,8 @@ def test_two_gpus_are_both_used_and_agree_with_one(tmp_path):
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two GPUs")
     spec = _spec()
-    one = _render(spec, tmp_path / "one", 1)
-    two = _render(spec, tmp_path / "two", 2)
+    one = render_on(spec, tmp_path / "one", 1)
+    two = render_on(spec, tmp_path / "two", 2)
     used_one, used_two = _gpus(one), _gpus(two)
     assert len(used_one["refine"]) == 1
     assert len(used_two["refine"]) == 2, used_two
@@ -150,8 +124,8 @@ def test_two_gpus_are_both_used_and_agree_with_one(tmp_path):
 
 
 def test_float16_storage_end_to_end(tmp_path):
-    f32 = _render(_spec(output=sd.OutputSettings(store_dtype="float32")), tmp_path / "f32", 1)
-    f16 = _render(_spec(output=sd.OutputSettings(store_dtype="float16")), tmp_path / "f16", 1)
+    f32 = render_on(_spec(output=sd.OutputSettings(store_dtype="float32")), tmp_path / "f32", 1)
+    f16 = render_on(_spec(output=sd.OutputSettings(store_dtype="float16")), tmp_path / "f16", 1)
     s16 = RenderStore.open(str(f16.store_path), mode="r")
     assert s16.array("refine/latents").dtype == np.float16
     last = f32.plan.refine.last
@@ -169,7 +143,7 @@ def test_resume_on_gpu_gives_the_same_bytes(tmp_path):
     # killed render still holds the steps before the kill, which retention frees only once a
     # render finishes: keep them all, or the resume rightly redoes steps from the last kept one.
     spec = _spec(output=sd.OutputSettings(keep_every=1, keep_history=True))
-    full = _render(spec, tmp_path / "full", 1)
+    full = render_on(spec, tmp_path / "full", 1)
     part = tmp_path / "part"
     shutil.copytree(full.render_dir, part)
     store = RenderStore.open(str(part / "render.zarr"))
@@ -179,7 +153,7 @@ def test_resume_on_gpu_gives_the_same_bytes(tmp_path):
         if task.startswith(("decode", "encode")):
             store.array("task_done")[store.task_index(task)] = 0
     (part / "video.mp4").unlink()
-    resumed = sd.resume(part, client=_client(1), progress=False)
+    resumed = sd.resume(part, client=gpu_client(1), progress=False)
     assert (
         resumed.summary()["tile_tasks_run"]
         == (len(full.plan.refine.steps) - half) * full.plan.refine.grid.n_tiles
@@ -199,8 +173,8 @@ def test_cache_on_two_gpus_skips_balances_and_agrees_with_one(tmp_path):
         refine_steps=12,
         cache=sd.spec.CacheSettings(enabled=True, threshold=4.0),  # the tiny random Wan's scale
     )
-    one = _render(spec, tmp_path / "one", 1)
-    two = _render(spec, tmp_path / "two", 2)
+    one = render_on(spec, tmp_path / "one", 1)
+    two = render_on(spec, tmp_path / "two", 2)
     computed = [
         RenderStore.open(str(r.store_path), mode="r").tile_stats("refine")["computed"] for r in (one, two)
     ]
@@ -219,11 +193,9 @@ def test_two_gpu_slots_take_turns_on_the_card_and_give_the_same_bytes(tmp_path):
     import dask.config
 
     spec = _spec(height=256, width=256)
-    one = _render(spec, tmp_path / "one", 1)
+    one = render_on(spec, tmp_path / "one", 1)
     with dask.config.set({"supergen.cluster.gpu-slots": 2}):
-        stack = _CLIENTS["stack"]
-        cluster = stack.enter_context(make_cluster(n_workers=1))
-        client = stack.enter_context(Client(cluster))
+        client = new_gpu_client(1)
     (resources,) = [w["resources"] for w in client.scheduler_info()["workers"].values()]
     assert resources == {"GPU": 2}
     two = sd.render(spec, output_dir=tmp_path / "two", client=client, progress=False)
@@ -373,10 +345,10 @@ def test_the_text_encoder_leaves_the_card_after_the_prompt_and_comes_back_for_th
     from pipelines.wan import save_tiny_pipeline
 
     model = str(save_tiny_pipeline(tmp_path / "tiny-wan"))
-    first = _render(_spec(model=model), tmp_path / "a", 1)
+    first = render_on(_spec(model=model), tmp_path / "a", 1)
     assert any(r.get("parked_text_encoder") for r in first.receipts if r["task"] == "prompt")
-    assert set().union(*(set(v) for v in _client(1).run(_text_encoder_places).values())) == {"parked:cpu"}
-    second = _render(_spec(model=model, prompt="a blue square moving left"), tmp_path / "b", 1)
+    assert set().union(*(set(v) for v in gpu_client(1).run(_text_encoder_places).values())) == {"parked:cpu"}
+    second = render_on(_spec(model=model, prompt="a blue square moving left"), tmp_path / "b", 1)
     fresh = worker_models.get_backend(model, "bfloat16")  # this process: loaded on the card, never parked
     pos, neg = fresh.encode_prompt("a blue square moving left", "")
     stored_neg, stored_pos = RenderStore.open(str(second.store_path), mode="r").read_prompt_embeds()
