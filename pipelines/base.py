@@ -375,7 +375,8 @@ def check_offload(value: Any, name: str = "offload") -> str:
 # ``nn.Module.register_parameter``. Two loads in two threads put back each other's settings: on a
 # GPU worker a text encoder then loaded with weights left on the meta device, and torch's default
 # dtype stayed bfloat16 for the worker's life (its later renders differed from another card's).
-# The lock covers loading only; a component already loaded is used without it.
+# A model call takes the lock only for a moment, to wait for a load under way to end
+# (``unaffected_by_loads``); a component already loaded is used without it.
 _LOAD_LOCK = threading.RLock()
 # Loads begun in this process, and by this thread. Torch's default dtype is one for the process,
 # so while another thread loads, what a model call creates without a dtype is created in the
