@@ -113,6 +113,11 @@ def main(argv=None) -> int:
         default=[1, 2],
         help="one render per value: tile tasks each worker runs at once (supergen.cluster.gpu-slots)",
     )
+    p.add_argument(
+        "--step-after-turn",
+        action="store_true",
+        help="queue each tile's scheduler step after its device turn (supergen.worker.step-in-turn: false)",
+    )
     p.add_argument("--workdir", default=None)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -139,7 +144,9 @@ def main(argv=None) -> int:
     runs, machine_extra = {}, {}
     for slots in args.gpu_slots:
         print(f"render with {slots} GPU slot(s) per worker", flush=True)
-        runs[str(slots)], machine_extra = _render_run(plan, workdir / f"render-{slots}", slots)
+        runs[str(slots)], machine_extra = _render_run(
+            plan, workdir / f"render-{slots}", slots, step_in_turn=not args.step_after_turn
+        )
 
     g = plan.refine.grid
     tile_shape = (plan.model.latent_channels, plan.latent_frames, g.tile_h, g.tile_w)
@@ -220,7 +227,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _render_run(plan, out_dir: Path, slots: int) -> tuple[dict, dict]:
+def _render_run(plan, out_dir: Path, slots: int, step_in_turn: bool = True) -> tuple[dict, dict]:
     """One render with ``slots`` GPU slots per worker, on a fresh cluster: per-tile timings from
     the store, the stage-2 wall and each worker's peak GPU memory."""
     import dask.config
@@ -229,7 +236,8 @@ def _render_run(plan, out_dir: Path, slots: int) -> tuple[dict, dict]:
     import supergen_dask as sd
     from storage import RenderStore
 
-    with dask.config.set({"supergen.cluster.gpu-slots": slots}):
+    # the workers the cluster starts take this configuration with them
+    with dask.config.set({"supergen.cluster.gpu-slots": slots, "supergen.worker.step-in-turn": step_in_turn}):
         try:
             cluster = sd.make_cluster()  # dask-cuda's LocalCUDACluster: one worker per GPU
             cluster_kind = type(cluster).__name__
@@ -267,6 +275,7 @@ def _render_run(plan, out_dir: Path, slots: int) -> tuple[dict, dict]:
 
     run = {
         "gpu_slots": slots,
+        "step_in_turn": step_in_turn,
         "render_wall_seconds": round(wall, 3),
         "refine_tile_tasks": n_tiles,
         **{f"task_{k}_median": med(v) for k, v in by.items()},

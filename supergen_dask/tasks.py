@@ -369,6 +369,20 @@ def predict_guided(
     return backend.predict(model_in, t.expand(1), pos[None], offset, image=image)
 
 
+def _step_tile(plan: RenderPlan, key: TileKey, region, sample, noise_pred, image, cached: bool):
+    """Step a tile's region with its prediction and queue the results to the host:
+    ``(HostCopy, prediction)``, the prediction as float32 when the cache records it."""
+    new, new_state = region.step(noise_pred.float(), sample)
+    new = image.freeze(new) if image is not None else new  # cells an image condition fixes
+    extra_chunks = {}
+    if cached:
+        # only written here: the next step's decision (a CPU task) reads it and measures the gain,
+        # so a model call pays no cache reads
+        noise_pred = noise_pred.float()
+        extra_chunks["cache"] = torch.stack([sample, sample, noise_pred])
+    return _host_outputs(plan, key, new, new_state, extra_chunks), noise_pred
+
+
 def denoise_tile(
     plan: RenderPlan,
     url: str,
@@ -398,21 +412,17 @@ def denoise_tile(
     image = tile_image(store, plan, key, device, batch=2 if plan.cfg else 1)
     t_read = time.perf_counter() - t_read0
 
+    step_in_turn = bool(config.get("worker.step-in-turn", True))
     with worker_models.device_turn() as waited:
         turn_started, t_fwd0 = time.time(), time.perf_counter()
         model_in = region.scale_model_input(sample)
         t = transfer.to_device(region.timestep, device, dtype=None)
         noise_pred = predict_guided(backend, plan, model_in, t, embeds, st.origin(key), key.step, image)
-        new, new_state = region.step(noise_pred.float(), sample)
-        new = image.freeze(new) if image is not None else new  # cells an image condition fixes
-        extra_chunks = {}
-        if cached:
-            # only written here: the next step's decision (a CPU task) reads it and measures the
-            # gain, so a model call pays no cache reads
-            noise_pred = noise_pred.float()
-            extra_chunks["cache"] = torch.stack([sample, sample, noise_pred])
-        copy = _host_outputs(plan, key, new, new_state, extra_chunks)
+        if step_in_turn:
+            copy, noise_pred = _step_tile(plan, key, region, sample, noise_pred, image, cached)
         t_turn = time.perf_counter() - t_fwd0
+    if not step_in_turn:  # queued after the next turn's model call (``supergen.worker.step-in-turn``)
+        copy, noise_pred = _step_tile(plan, key, region, sample, noise_pred, image, cached)
     outputs = _landed(plan, key, copy)  # the card goes on with the next turn's kernels meanwhile
     t_fwd = time.perf_counter() - t_fwd0
     cache_stats = {}

@@ -152,9 +152,9 @@ def get_backend(model: str, dtype: str) -> VideoBackend:
 
 def worker_settings(dask_worker=None) -> dict:
     """How this worker runs models (for ``client.run``; a render's session records it): its
-    ``GPU`` slots, offload mode, attention backend, compile and whether it keeps the text encoder
-    on the card, from its own configuration (an existing cluster's workers may differ from the
-    driver's)."""
+    ``GPU`` slots, offload mode, attention backend, compile, whether it keeps the text encoder
+    on the card and where it queues a tile's scheduler step, from its own configuration (an
+    existing cluster's workers may differ from the driver's)."""
     resources = dict(dask_worker.state.total_resources) if dask_worker is not None else {}
     return {
         "gpu_slots": resources.get("GPU"),
@@ -162,6 +162,7 @@ def worker_settings(dask_worker=None) -> dict:
         "attention": config.get("worker.attention"),
         "compile": config.get("worker.compile", False),
         "keep_text_encoder": bool(config.get("worker.keep-text-encoder")),
+        "step_in_turn": bool(config.get("worker.step-in-turn", True)),
     }
 
 

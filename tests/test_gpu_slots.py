@@ -73,6 +73,31 @@ def test_two_slots_overlap_io_with_turns_and_give_the_same_bytes(tmp_path):
     assert np.nanmax(single["wait_seconds"]) < 0.05
 
 
+def test_the_step_after_the_turn_gives_the_same_bytes(tmp_path):
+    """``supergen.worker.step-in-turn: false`` with three slots: the turn holds only the queueing
+    of the model call, the scheduler step runs after it, and the bytes are one slot's."""
+    spec = tiny_spec(**SPEC)
+    with local_client(1) as c:
+        one = sd.render(spec, output_dir=tmp_path / "one", client=c, progress=False)
+    with (
+        dask.config.set({"supergen.worker.step-in-turn": False}),
+        LocalCluster(
+            n_workers=1, threads_per_worker=3, processes=False, resources={"GPU": 3}, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as c,
+    ):
+        after = sd.render(spec, output_dir=tmp_path / "after", client=c, progress=False)
+        (settings,) = (
+            RenderStore.open(str(after.store_path), mode="r")
+            .attrs["sessions"][-1]["worker_settings"]
+            .values()
+        )
+    assert settings["step_in_turn"] is False and settings["gpu_slots"] == 3
+    assert_renders_identical(one.render_dir, after.render_dir)
+    iv = _intervals(RenderStore.open(str(after.store_path), mode="r").tile_stats("refine"))
+    assert _overlaps(iv["turn"], iv["turn"], slack=1e-4) == 0
+
+
 def test_gpu_slots_setting_is_checked():
     with dask.config.set({"supergen.cluster.gpu-slots": 2, "supergen.cluster.threads-per-gpu-worker": 4}):
         assert gpu_worker_threads() == (4, 2)
@@ -97,6 +122,7 @@ def test_a_session_records_how_its_workers_run_models(tmp_path, client):
             "attention": None,
             "compile": False,
             "keep_text_encoder": False,
+            "step_in_turn": True,
         }
 
 
