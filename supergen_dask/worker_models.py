@@ -205,8 +205,9 @@ def device_turn() -> Iterator[float]:
     A GPU worker may run several tile tasks at once (``supergen.cluster.gpu-slots``): while one
     holds the turn, the others read their inputs or write their outputs. Model calls are queued
     in turn, so a card runs one forward after the other and never holds two forwards'
-    activations; the copies of a task's results are queued inside its turn, ahead of the next
-    task's kernels, and waited for after it (``supergen_dask.transfer``). One lock per worker
+    activations; a task's scheduler step and the copies of its results are queued inside its turn
+    (after it with ``supergen.worker.step-in-turn: false``), and waited for after it
+    (``supergen_dask.transfer``). One lock per worker
     (threads-mode clusters run several workers in one process, each with its own device share)."""
     lock = _TURNS.setdefault(worker_name(), threading.Lock())  # setdefault is atomic
     t0 = time.perf_counter()
