@@ -112,6 +112,27 @@ SMALL_VAE_CONFIG: dict[str, Any] = dict(
     base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True]
 )
 
+
+def _real_shape(transformer: dict[str, Any], height: int, width: int, checkpoint: str) -> dict[str, Any]:
+    """A timing preset: ``checkpoint``'s transformer shape at its native size, 81 frames at 16 fps,
+    with a small random VAE and hashed 512-token prompts."""
+    return dict(
+        transformer=transformer,
+        vae=SMALL_VAE_CONFIG,
+        text_len=512,
+        info=dict(
+            native_height=height,
+            native_width=width,
+            native_frames=81,
+            fps=16,
+            default_steps=50,
+            default_guidance=5.0,
+            description=f"random weights in the shape of {checkpoint} (timing only), small random VAE",
+        ),
+        device_init=True,
+    )
+
+
 _PRESETS: dict[str, dict[str, Any]] = {
     "tiny-random-wan": dict(
         transformer=TINY_TRANSFORMER_CONFIG,
@@ -127,37 +148,10 @@ _PRESETS: dict[str, dict[str, Any]] = {
             description="2-layer Wan transformer with random weights, built in code: output is noise-like",
         ),
     ),
-    "random-wan2.1-1.3b-shape": dict(
-        transformer=WAN_1_3B_TRANSFORMER_CONFIG,
-        vae=SMALL_VAE_CONFIG,
-        text_len=512,
-        info=dict(
-            native_height=480,
-            native_width=832,
-            native_frames=81,
-            fps=16,
-            default_steps=50,
-            default_guidance=5.0,
-            description="random weights in the shape of Wan2.1-T2V-1.3B (timing only), small random VAE",
-        ),
-        # drawn on the GPU: seeded CPU initialisation of 1.3B weights took 27 s per worker
-        device_init=True,
-    ),
-    "random-wan2.1-14b-shape": dict(
-        transformer=WAN_14B_TRANSFORMER_CONFIG,
-        vae=SMALL_VAE_CONFIG,
-        text_len=512,
-        info=dict(
-            native_height=720,
-            native_width=1280,
-            native_frames=81,
-            fps=16,
-            default_steps=50,
-            default_guidance=5.0,
-            description="random weights in the shape of Wan2.1-T2V-14B (timing only), small random VAE",
-        ),
-        device_init=True,
-    ),
+    # random weights in the real checkpoints' shapes, drawn on the GPU (seeded CPU initialisation
+    # of the 1.3B's weights took 27 s per worker)
+    "random-wan2.1-1.3b-shape": _real_shape(WAN_1_3B_TRANSFORMER_CONFIG, 480, 832, "Wan2.1-T2V-1.3B"),
+    "random-wan2.1-14b-shape": _real_shape(WAN_14B_TRANSFORMER_CONFIG, 720, 1280, "Wan2.1-T2V-14B"),
 }
 
 
