@@ -720,7 +720,7 @@ def seam_window(
     ``image`` the window's image condition (image-to-video), whose fixed cells stay fixed."""
     seam = plan.seam
     model_in = region.scale_model_input(sample)
-    t = region.timestep.to(backend.device)
+    t = transfer.to_device(region.timestep, backend.device, dtype=None)  # no wait for the card
     noise_pred = predict_guided(backend, plan, model_in, t, embeds, seam.origin(key), seam.step, image)
     new, _ = region.step(noise_pred.float(), sample)
     check_finite(new, key, plan.guidance(seam.step), plan.spec.dtype)
