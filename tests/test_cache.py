@@ -264,8 +264,9 @@ class _SlowModel:
 
 def test_skewed_hits_are_balanced_by_dask(tmp_path, monkeypatch):
     """The first half of the tiles (row-major: what a contiguous static split would give one of
-    two workers) always hit; the rest always compute. Per step, the model calls spread over both
-    workers (makespan within 10% of ideal) and no hit waits behind a model call."""
+    two workers) always hit; the rest always compute. The model calls spread over both workers
+    (within one call of an even split, the stage within two calls of it) and no hit waits behind a
+    model call."""
     from supergen_dask import tasks, worker_models
 
     seconds = 1.0
@@ -306,20 +307,22 @@ def test_skewed_hits_are_balanced_by_dask(tmp_path, monkeypatch):
     assert len(hits) == 3 * g.cols  # indices 2..4 of 0..5 decide (5 is last); the first row hits
     # Steps overlap (a tile starts as soon as its own neighbours are done, and a GPU slot freed by
     # a step whose tiles hit takes the next step's ready tiles), so the makespan is measured over
-    # the whole stage: model calls spread evenly (busy time per worker within 10%) and the stage
-    # takes at most 10% more than its model calls divided over the workers.
+    # the whole stage, in model calls: no worker runs more than one call beyond an even split
+    # (work stealing may move one; 24/21 of 45 was seen on a loaded 2-core machine), and the stage
+    # takes at most two calls longer than an even split's calls (one stolen, one dependency wait)
     t0 = min(r["started"] for r in stage2)
     timeline = "\n".join(  # shown when an assertion fails
         f"{r['task']} {r['name']} {r['worker'][-5:]} {r['started'] - t0:.2f}-{r['finished'] - t0:.2f}"
         for r in sorted(stage2, key=lambda r: r["started"])
     )
-    busy: dict[str, float] = {}
+    per_worker: dict[str, int] = {}
     for r in calls:
-        busy[r["worker"]] = busy.get(r["worker"], 0.0) + r["seconds"]
-    assert len(busy) == 2 and max(busy.values()) <= 1.1 * min(busy.values()), (busy, timeline)
+        per_worker[r["worker"]] = per_worker.get(r["worker"], 0) + 1
+    even = -(-len(calls) // 2)
+    assert len(per_worker) == 2 and max(per_worker.values()) <= even + 1, (per_worker, timeline)
     span = max(r["finished"] for r in stage2) - t0
-    ideal = max(sum(busy.values()) / 2, max(r["seconds"] for r in calls))
-    assert span <= 1.1 * ideal, f"stage 2 took {span:.2f} s, ideal {ideal:.2f} s\n{timeline}"
+    longest = max(r["seconds"] for r in calls)
+    assert span <= (even + 2) * longest, f"stage 2 took {span:.2f} s, even split {even} calls\n{timeline}"
     # hits run beside model calls and never take as long as one
     assert max(r["seconds"] for r in hits) < seconds
 
