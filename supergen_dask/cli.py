@@ -157,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--shift-divisions", type=int, help="shift stride = tile / divisions (default: 16)")
     r.add_argument("--shift-every", type=int, help="shift every N steps (default: 1)")
     r.add_argument(
+        "--shift-order",
+        help="order of the grid offsets: walk (default; the published schedule, one stride a step) "
+        "or spread (about half a tile a step: fewer seams at the last grid with the cache on, more "
+        "flicker; reports/seam-pass.md)",
+    )
+    r.add_argument(
         "--cache",
         help="region-aware residual cache: off, on (the model's threshold) or a threshold tau, e.g. "
         "0.2; default: the model's (on for the toy, off for checkpoints; `supergen models`)",
@@ -313,6 +319,8 @@ def spec_from_args(args: argparse.Namespace):
         shift["divisions"] = args.shift_divisions
     if args.shift_every is not None:
         shift["every"] = args.shift_every
+    if args.shift_order is not None:
+        shift["order"] = args.shift_order
     _merged(data, "shift", shift)
     if args.cache is not None:
         _merged(data, "cache", _cache_option(args.cache))

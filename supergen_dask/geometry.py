@@ -8,6 +8,7 @@ their missing rows and columns from the top or left.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,13 +17,38 @@ __all__ = [
     "TILE_POLICIES",
     "TileKey",
     "TileGrid",
+    "SHIFT_ORDERS",
     "ShiftSchedule",
     "axis_cover",
+    "spread_order",
     "round_up",
 ]
 
 
 TILE_POLICIES = ("balanced", "native", "fit", "whole")
+SHIFT_ORDERS = ("walk", "spread")  # the first is the default
+
+
+@functools.cache
+def spread_order(period: int) -> tuple[int, ...]:
+    """The positions ``0 .. period - 1`` in van der Corput order: the base-2 radical inverse of
+    0, 1, 2, ... scaled to ``period``, each position the first time it comes up (16: 0, 8, 4, 12,
+    2, 10, ...). Any run of consecutive entries is spread over the cycle: consecutive entries are
+    most often half a period apart (16: 8 apart in 8 of 15 moves, 3 at the least), where a walk
+    moves by one. Moves by one remain at the wrap from the last entry back to 0, and once inside
+    periods of 2**m + 1 (17, 33, ...). Starts at 0."""
+    if period < 1:
+        raise ValueError(f"period must be >= 1, got {period}")
+    out: list[int] = []
+    seen: set[int] = set()
+    bits = max(1, (period - 1).bit_length())
+    for c in range(1 << bits):  # 2**bits >= period inverses, 1 / 2**bits apart: every position
+        inverse = int(format(c, f"0{bits}b")[::-1], 2)  # c's bits mirrored: radical inverse * 2**bits
+        k = (inverse * period) >> bits
+        if k not in seen:
+            seen.add(k)
+            out.append(k)
+    return tuple(out)
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -214,13 +240,22 @@ class TileGrid:
 
 @dataclass(frozen=True)
 class ShiftSchedule:
-    """Per-step grid offsets: each axis walks its own cycle of multiples of its stride.
+    """Per-step grid offsets: each axis visits its own cycle of multiples of its stride.
 
-    At step ``i`` the shift counter is ``c = i // every`` and the offset on an axis is
-    ``(c * stride) mod tile``. Each axis cycles with its own period ``tile / gcd(stride, tile)``, so
-    every offset that is a multiple of ``gcd(stride, tile)`` is visited (a shared modulus for both
-    axes would skip some). An axis with a single tile is never shifted: rolling a lone tile would
-    only put the opposite edges of the frame side by side.
+    At step ``i`` the shift counter is ``c = i // every``. Each axis has the period
+    ``P = tile / gcd(stride, tile)`` and visits every offset that is a multiple of
+    ``gcd(stride, tile)`` once per period (a shared modulus for both axes would skip some), in one
+    of two orders:
+
+    - ``walk`` (the default, the published schedule): ``(c * stride) mod tile``, one stride
+      further each step;
+    - ``spread``: ``(spread_order(P)[c mod P] * stride) mod tile``, the same offsets visited
+      about half a period apart from one step to the next. A step's borders then lie deep inside
+      the next steps' tiles instead of one stride from their edges, where the walk leaves them,
+      so the last steps do not leave their seams in one narrow band (``reports/seam-pass.md``).
+
+    An axis with a single tile is never shifted: rolling a lone tile would only put the opposite
+    edges of the frame side by side.
     """
 
     tile_h: int
@@ -228,32 +263,50 @@ class ShiftSchedule:
     stride_y: int
     stride_x: int
     every: int = 1
+    # plans stored before the order existed walked; they resume with the offsets they began with
+    order: str = "walk"
 
     def __post_init__(self) -> None:
         if self.every < 1:
             raise ValueError("shift 'every' must be >= 1")
+        if self.order not in SHIFT_ORDERS:
+            raise ValueError(f"shift order must be one of {SHIFT_ORDERS}, got {self.order!r}")
         if self.stride_y < 0 or self.stride_x < 0:
             raise ValueError("shift strides must be >= 0")
 
     @classmethod
     def none(cls, grid: TileGrid) -> ShiftSchedule:
-        return cls(grid.tile_h, grid.tile_w, 0, 0, 1)
+        return cls(grid.tile_h, grid.tile_w, 0, 0, 1, "walk")
 
     @classmethod
     def for_grid(
-        cls, grid: TileGrid, divisions: int = 16, every: int = 1, stride: tuple[int, int] | None = None
+        cls,
+        grid: TileGrid,
+        divisions: int = 16,
+        every: int = 1,
+        stride: tuple[int, int] | None = None,
+        order: str = "walk",
     ) -> ShiftSchedule:
-        """SuperGen's default: a stride of ``tile // divisions`` per axis, every ``every`` steps."""
+        """SuperGen's stride of ``tile // divisions`` per axis, every ``every`` steps, visited in
+        ``order``."""
         if stride is None:
             stride = (max(1, grid.tile_h // divisions), max(1, grid.tile_w // divisions))
         sy = stride[0] % grid.tile_h if grid.rows > 1 else 0
         sx = stride[1] % grid.tile_w if grid.cols > 1 else 0
-        return cls(grid.tile_h, grid.tile_w, sy, sx, every)
+        return cls(grid.tile_h, grid.tile_w, sy, sx, every, order)
 
     def offset(self, index: int) -> tuple[int, int]:
         """Grid offset at denoising step ``index`` of the stage (0 = first refinement step)."""
         c = index // self.every
-        return (c * self.stride_y) % self.tile_h, (c * self.stride_x) % self.tile_w
+        return self._axis(c, self.stride_y, self.tile_h), self._axis(c, self.stride_x, self.tile_w)
+
+    def _axis(self, c: int, stride: int, tile: int) -> int:
+        if stride == 0:
+            return 0
+        if self.order == "walk":
+            return (c * stride) % tile
+        period = tile // math.gcd(stride, tile)
+        return (spread_order(period)[c % period] * stride) % tile
 
     def cycle_length(self) -> tuple[int, int]:
         """Shifts after which each axis returns to offset 0."""
@@ -270,4 +323,5 @@ class ShiftSchedule:
             "stride_y": self.stride_y,
             "stride_x": self.stride_x,
             "every": self.every,
+            "order": self.order,
         }

@@ -360,7 +360,8 @@ class RenderPlan:
         lines.append(
             f"refine {len(self.refine.steps)} of {s.num_inference_steps} steps on a {g.rows}x{g.cols} grid of "
             f"{g.tile_w * f}x{g.tile_h * f} px tiles (canvas {g.canvas_w * f}x{g.canvas_h * f}, "
-            f"shift {self.refine.shift.stride_x}x{self.refine.shift.stride_y} latent px every {self.refine.shift.every}; "
+            f"shift {self.refine.shift.stride_x}x{self.refine.shift.stride_y} latent px every {self.refine.shift.every}, "
+            f"{self.refine.shift.order} order; "
             f"{s.tile_policy} tiles, {g.padding_waste:+.1%} compute on padding)"
         )
         if self.cache is not None:
@@ -465,7 +466,7 @@ def plan_render(spec: RenderSpec) -> RenderPlan:
 
     grid = TileGrid.for_canvas(vh, vw, nh, nw, multiple=p, policy=spec.tile_policy)
     if spec.shift.enabled:
-        shift = ShiftSchedule.for_grid(grid, spec.shift.divisions, spec.shift.every)
+        shift = ShiftSchedule.for_grid(grid, spec.shift.divisions, spec.shift.every, order=spec.shift.order)
     else:
         shift = ShiftSchedule.none(grid)
     refine_steps = tuple(range(T - k, T))

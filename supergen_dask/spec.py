@@ -17,7 +17,7 @@ from typing import Any
 
 from pipelines import ModelInfo, UnknownModelError, available_models, model_info
 from pipelines.schedulers import SCHEDULER_ALIASES
-from supergen_dask.geometry import TILE_POLICIES
+from supergen_dask.geometry import SHIFT_ORDERS, TILE_POLICIES
 
 __all__ = [
     "SpecError",
@@ -132,17 +132,24 @@ def _from_mapping(cls, data: Any, prefix: str = ""):
 
 @dataclass(frozen=True)
 class ShiftSettings:
-    """Tile shifting: the grid moves by ``tile // divisions`` per axis every ``every`` steps."""
+    """Tile shifting: the grid moves by multiples of ``tile // divisions`` per axis every ``every``
+    steps, visiting them in ``order`` (``supergen_dask.geometry.ShiftSchedule``): ``walk`` (the
+    default) is the published schedule, one stride per step; ``spread`` jumps about half a tile
+    from one step to the next, so the last steps' borders do not pile up in one band: fewer seams
+    at the last grid with the residual cache on, but more flicker (``reports/seam-pass.md``)."""
 
     enabled: bool = True
     divisions: int = 16
     every: int = 1
+    order: str = "walk"
 
     def validate(self) -> None:
         if not isinstance(self.enabled, bool):
             raise SpecError("shift.enabled", f"must be true or false, got {self.enabled!r}")
         _check_int("shift.divisions", self.divisions, 1)
         _check_int("shift.every", self.every, 1)
+        if self.order not in SHIFT_ORDERS:
+            raise SpecError("shift.order", f"must be one of {', '.join(SHIFT_ORDERS)}, got {self.order!r}")
 
 
 @dataclass(frozen=True)
@@ -343,6 +350,8 @@ class RenderSpec:
         spec = self.to_dict()
         if spec["embedded_guidance_scale"] is None:  # renders of models without it keep their names
             del spec["embedded_guidance_scale"]
+        if spec["shift"]["order"] == "walk":  # renders made before the order existed keep theirs
+            del spec["shift"]["order"]
         if self.image is not None:
             from supergen_dask.conditioning import file_digest
 

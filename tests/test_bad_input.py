@@ -86,6 +86,8 @@ CASES = [
     ("yaml-list", lambda t, m: _spec(t, "s.yaml", "- prompt: x\n"), ["s.yaml", "mapping"]),
     ("yaml-shift-list", lambda t, m: _spec(t, "s.yaml", "prompt: x\nshift: [1, 2]\n"), ["shift", "mapping"]),
     ("yaml-shift-string", lambda t, m: _spec(t, "s.yaml", "prompt: x\nshift: abc\n"), ["shift", "mapping"]),
+    ("yaml-shift-order", lambda t, m: _spec(t, "s.yaml", "prompt: x\nshift: {order: zigzag}\n"), ["shift.order", "walk, spread"]),
+    ("cli-shift-order", lambda t, m: ["render", "--prompt", "x", "--shift-order", "zigzag"], ["shift.order", "zigzag"]),
     ("yaml-shift-list-no-shift", lambda t, m: [*_spec(t, "s.yaml", "prompt: x\nshift: [1]\n"), "--no-shift"], ["shift"]),
     ("yaml-output-string", lambda t, m: [*_spec(t, "s.yaml", "prompt: x\noutput: h264\n"), "--crf", "3"], ["output"]),
     ("yaml-int-keys", lambda t, m: _spec(t, "s.yaml", "prompt: x\n1: 2\n"), ["unknown field"]),

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import statistics
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supergen_dask.geometry import ShiftSchedule, TileGrid, axis_cover
+from supergen_dask.geometry import SHIFT_ORDERS, ShiftSchedule, TileGrid, axis_cover, spread_order
 from supergen_dask.plan import decode_regions
 
 sizes = st.integers(min_value=1, max_value=300)
@@ -57,18 +59,25 @@ def test_grid_covers_canvas_and_tiles_stay_native(h, w, nh, nw, patch, policy):
     divisions=st.integers(1, 20),
     every=st.integers(1, 3),
     steps=st.integers(1, 40),
+    order=st.sampled_from(SHIFT_ORDERS),
 )
-def test_every_step_partitions_the_canvas_exactly_once(h, w, nh, nw, divisions, every, steps):
+def test_every_step_partitions_the_canvas_exactly_once(h, w, nh, nw, divisions, every, steps, order):
     g = TileGrid.for_canvas(h, w, nh, nw, multiple=2)
-    shift = ShiftSchedule.for_grid(g, divisions=divisions, every=every)
+    shift = ShiftSchedule.for_grid(g, divisions=divisions, every=every, order=order)
     for i in range(steps):
         assert np.all(coverage(g, shift.offset(i)) == 1)
 
 
 @settings(max_examples=200, deadline=None)
-@given(tile_h=st.integers(2, 200), tile_w=st.integers(2, 200), sy=st.integers(1, 50), sx=st.integers(1, 50))
-def test_each_axis_visits_every_offset_of_its_cycle(tile_h, tile_w, sy, sx):
-    s = ShiftSchedule(tile_h, tile_w, sy % tile_h, sx % tile_w)
+@given(
+    tile_h=st.integers(2, 200),
+    tile_w=st.integers(2, 200),
+    sy=st.integers(1, 50),
+    sx=st.integers(1, 50),
+    order=st.sampled_from(SHIFT_ORDERS),
+)
+def test_each_axis_visits_every_offset_of_its_cycle(tile_h, tile_w, sy, sx, order):
+    s = ShiftSchedule(tile_h, tile_w, sy % tile_h, sx % tile_w, order=order)
     cy, cx = s.cycle_length()
     ys = {s.offset(i)[0] for i in range(cy)}
     xs = {s.offset(i)[1] for i in range(cx)}
@@ -77,6 +86,48 @@ def test_each_axis_visits_every_offset_of_its_cycle(tile_h, tile_w, sy, sx):
     assert ys == set(range(0, tile_h, gy))
     assert xs == set(range(0, tile_w, gx))
     assert s.offset(cy)[0] == 0 and s.offset(cx)[1] == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(period=st.integers(1, 300))
+def test_spread_order_is_a_permutation_that_starts_at_zero(period):
+    order = spread_order(period)
+    assert sorted(order) == list(range(period)) and order[0] == 0
+
+
+@pytest.mark.parametrize("period", [16, 18, 20, 26, 52])  # the periods of 16 divisions of real tiles
+def test_spread_order_keeps_consecutive_offsets_apart(period):
+    """Within a cycle, consecutive offsets are at least 3 apart on the circle (the walk: one), and
+    most often half the cycle."""
+    order = spread_order(period)
+    gaps = [min((b - a) % period, (a - b) % period) for a, b in itertools.pairwise(order)]
+    assert min(gaps) >= 3
+    assert statistics.median(gaps) == period / 2
+
+
+def test_spread_order_of_sixteen():
+    assert spread_order(16) == (0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15)
+
+
+def test_the_last_steps_borders_are_apart_with_spread_and_together_with_walk():
+    """The toy at 16x: 16-cell tiles, stride 1, 18 refinement steps. The walk puts the last three
+    steps' borders within two cells; spread puts each of the last step's neighbours 7-8 cells
+    from it."""
+    g = TileGrid(64, 64, 16, 16, 64, 64)
+    last3 = {o: [ShiftSchedule.for_grid(g, order=o).offset(i)[0] for i in (15, 16, 17)] for o in SHIFT_ORDERS}
+    assert last3["walk"] == [15, 0, 1]
+    assert last3["spread"] == [15, 0, 8]
+
+
+def test_a_stored_schedule_without_an_order_walks():
+    """Plans stored before the order existed resume with the offsets they began with."""
+    g = TileGrid(64, 64, 16, 16, 64, 64)
+    d = ShiftSchedule.for_grid(g, order="spread").to_dict()
+    assert d["order"] == "spread" and ShiftSchedule(**d) == ShiftSchedule.for_grid(g, order="spread")
+    del d["order"]
+    assert [ShiftSchedule(**d).offset(i) for i in range(16)] == [(i, i) for i in range(16)]
+    with pytest.raises(ValueError, match="shift order"):
+        ShiftSchedule(16, 16, 1, 1, order="random")
 
 
 def test_supergen_default_visits_offsets_a_shared_modulus_misses():
@@ -204,3 +255,21 @@ def test_decode_cores_partition_the_valid_area(h, w, ch, cw, m):
         assert wy <= y and wx <= x and wy + wh >= y + rh and wx + ww >= x + rw
         assert 0 <= wy and 0 <= wx and wy + wh <= h and wx + ww <= w
     assert np.all(count == 1)
+
+
+@pytest.mark.parametrize("flag", [[], ["--shift-order", "spread"]])
+def test_shift_order_from_the_command_line_to_the_plan(flag):
+    """``walk``, the published schedule, is the default; ``--shift-order spread`` reorders it. The
+    plan summary names the order."""
+    import supergen_dask as sd
+    from supergen_dask.cli import build_parser, spec_from_args
+
+    args = build_parser().parse_args(["render", "--prompt", "x", "--height", "256", "--width", "256", *flag])
+    spec = spec_from_args(args)
+    plan = sd.plan_render(spec)
+    order = flag[-1] if flag else "walk"
+    assert spec.shift.order == plan.refine.shift.order == order
+    assert f"{order} order" in plan.summary()
+    expected = ShiftSchedule.for_grid(plan.refine.grid, order=order)
+    assert plan.refine.offsets == tuple(expected.offset(i) for i in range(len(plan.refine.steps)))
+    assert plan.refine.offsets[0] == (0, 0)

@@ -25,6 +25,21 @@ def test_resolution_fills_model_defaults_and_is_stable():
     assert spec.token() != spec.replace(seed=1).token()
 
 
+def test_the_default_shift_order_keeps_render_names():
+    """A spec that leaves the shift order at its default hashes as before the order existed (the
+    same command resumes the render it began); another order names another render."""
+    import hashlib
+
+    from supergen_dask.spec import ShiftSettings
+
+    spec = RenderSpec(prompt="a red circle").resolved()
+    before = spec.to_dict()
+    del before["embedded_guidance_scale"], before["shift"]["order"]  # the spec as it was hashed
+    blob = json.dumps({"spec": before, "revision": "r"}, sort_keys=True, separators=(",", ":"))
+    assert spec.token("r") == hashlib.sha256(blob.encode()).hexdigest()[:16]
+    assert spec.replace(shift=ShiftSettings(order="spread")).token("r") != spec.token("r")
+
+
 def test_spec_files_reject_unknown_fields():
     with pytest.raises(SpecError, match="unknown field") as info:
         RenderSpec.from_dict({"prompt": "x", "colour": "red"})
