@@ -47,7 +47,7 @@ from supergen_dask.graph import run_render  # noqa: E402
 from supergen_dask.metrics import object_mask, seam_profiles  # noqa: E402
 from supergen_dask.plan import RenderPlan, plan_render  # noqa: E402
 from supergen_dask.quality import counted_colour, seam_pass_grid_lines, step_grid_lines  # noqa: E402
-from supergen_dask.spec import RenderSpec, ShiftSettings  # noqa: E402
+from supergen_dask.spec import CacheSettings, RenderSpec, ShiftSettings  # noqa: E402
 from supergen_dask.stepping import RegionStep  # noqa: E402
 
 
@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--shift-order", default="walk", help="walk (the default, the published schedule) or spread"
     )
+    ap.add_argument("--cache-threshold", type=float, help="the residual cache's tau (default: the model's)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--render-off", action="store_true", help="also render without the pass (check)")
     ap.add_argument("--root", default="seam-check-renders")
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                 refine_steps=a.refine_steps,
                 seed=0,
                 shift=ShiftSettings(order=a.shift_order),
+                cache=CacheSettings(threshold=a.cache_threshold),
             )
             with dask.config.set({"supergen.seam.enabled": True}):
                 plan = plan_render(spec)
@@ -263,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             "refine_steps": a.refine_steps,
             "seed": 0,
             "shift_order": a.shift_order,
+            "cache_threshold": a.cache_threshold,
             "prompts": a.prompts,
             "first": a.first,
         },
