@@ -18,6 +18,7 @@ __all__ = [
     "TileKey",
     "TileGrid",
     "SHIFT_ORDERS",
+    "DEFAULT_SHIFT_ORDER",
     "ShiftSchedule",
     "axis_cover",
     "spread_order",
@@ -26,7 +27,9 @@ __all__ = [
 
 
 TILE_POLICIES = ("balanced", "native", "fit", "whole")
-SHIFT_ORDERS = ("walk", "spread")  # the first is the default
+SHIFT_ORDERS = ("walk", "spread")
+# the published schedule; also what plans stored before the order existed did
+DEFAULT_SHIFT_ORDER = "walk"
 
 
 @functools.cache
@@ -238,6 +241,11 @@ class TileGrid:
         }
 
 
+def _period(stride: int, tile: int) -> int:
+    """Shifts after which an axis of ``tile`` cells moved ``stride`` a shift is back at 0."""
+    return 1 if stride == 0 else tile // math.gcd(stride, tile)
+
+
 @dataclass(frozen=True)
 class ShiftSchedule:
     """Per-step grid offsets: each axis visits its own cycle of multiples of its stride.
@@ -264,7 +272,7 @@ class ShiftSchedule:
     stride_x: int
     every: int = 1
     # plans stored before the order existed walked; they resume with the offsets they began with
-    order: str = "walk"
+    order: str = DEFAULT_SHIFT_ORDER
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -276,7 +284,7 @@ class ShiftSchedule:
 
     @classmethod
     def none(cls, grid: TileGrid) -> ShiftSchedule:
-        return cls(grid.tile_h, grid.tile_w, 0, 0, 1, "walk")
+        return cls(grid.tile_h, grid.tile_w, 0, 0, 1)
 
     @classmethod
     def for_grid(
@@ -285,7 +293,7 @@ class ShiftSchedule:
         divisions: int = 16,
         every: int = 1,
         stride: tuple[int, int] | None = None,
-        order: str = "walk",
+        order: str = DEFAULT_SHIFT_ORDER,
     ) -> ShiftSchedule:
         """SuperGen's stride of ``tile // divisions`` per axis, every ``every`` steps, visited in
         ``order``."""
@@ -305,16 +313,12 @@ class ShiftSchedule:
             return 0
         if self.order == "walk":
             return (c * stride) % tile
-        period = tile // math.gcd(stride, tile)
+        period = _period(stride, tile)
         return (spread_order(period)[c % period] * stride) % tile
 
     def cycle_length(self) -> tuple[int, int]:
         """Shifts after which each axis returns to offset 0."""
-
-        def period(stride: int, tile: int) -> int:
-            return 1 if stride == 0 else tile // math.gcd(stride, tile)
-
-        return period(self.stride_y, self.tile_h), period(self.stride_x, self.tile_w)
+        return _period(self.stride_y, self.tile_h), _period(self.stride_x, self.tile_w)
 
     def to_dict(self) -> dict:
         return {

@@ -17,7 +17,7 @@ from typing import Any
 
 from pipelines import ModelInfo, UnknownModelError, available_models, model_info
 from pipelines.schedulers import SCHEDULER_ALIASES
-from supergen_dask.geometry import SHIFT_ORDERS, TILE_POLICIES
+from supergen_dask.geometry import DEFAULT_SHIFT_ORDER, SHIFT_ORDERS, TILE_POLICIES
 
 __all__ = [
     "SpecError",
@@ -141,7 +141,7 @@ class ShiftSettings:
     enabled: bool = True
     divisions: int = 16
     every: int = 1
-    order: str = "walk"
+    order: str = DEFAULT_SHIFT_ORDER
 
     def validate(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -350,7 +350,7 @@ class RenderSpec:
         spec = self.to_dict()
         if spec["embedded_guidance_scale"] is None:  # renders of models without it keep their names
             del spec["embedded_guidance_scale"]
-        if spec["shift"]["order"] == "walk":  # renders made before the order existed keep theirs
+        if spec["shift"]["order"] == DEFAULT_SHIFT_ORDER:  # renders made before the order existed keep theirs
             del spec["shift"]["order"]
         if self.image is not None:
             from supergen_dask.conditioning import file_digest
