@@ -102,3 +102,36 @@ def test_v2_smoke_run_reports_the_scene_checks(tmp_path):
     assert set(holdout["checks"]) == {"one_every_frame", "colour", "shape", "direction", "all", "n"}
     assert any(" background" not in s["prompt"] for s in holdout["samples"])
     assert all(isinstance(s["one_every_frame"], bool) for s in holdout["samples"])
+
+
+def test_shifted_noise_levels_train_the_layout_levels():
+    train = _script()
+    gen = torch.Generator().manual_seed(0)
+    plain = train.sample_t(20000, "cpu", generator=gen)
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(train.sample_t(20000, "cpu", shift=4.0, share=0.0, generator=gen), plain)
+    gen = torch.Generator().manual_seed(0)
+    shifted = train.sample_t(20000, "cpu", shift=4.0, share=1.0, generator=gen)
+    assert ((shifted > 0) & (shifted < 1)).all() and (shifted >= plain).all()
+    assert (plain > 0.95).float().mean() < 0.005 and (shifted > 0.95).float().mean() > 0.04
+    gen = torch.Generator().manual_seed(0)
+    half = train.sample_t(20000, "cpu", shift=4.0, share=0.5, generator=gen)
+    moved = (half != plain).float().mean().item()
+    assert 0.45 < moved < 0.55
+
+
+def test_the_chosen_flow_shift_is_saved_with_the_toy(tmp_path):
+    train = _script()
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--tiny", "--v2", "--max-steps", "2", "--batch", "4", "--data", "device"]
+    args += ["--eval-prompts", "2", "--holdout-prompts", "2", "--eval-steps", "2", "--eval-guidance", "4"]
+    args += ["--eval-flow-shift", "1", "3", "--t-shift", "4", "--t-shift-share", "0.5"]
+    assert train.main(args) == 0
+    sweep = json.loads((out / "train_report.json").read_text())["sampling_sweep"]
+    assert sorted(r["flow_shift"] for r in sweep["grid"]) == [1.0, 3.0]
+    chosen = sweep["chosen"]["flow_shift"]
+    assert sweep["holdout"]["flow_shift"] == chosen
+    backend = load_backend(str(out / "toy"), device="cpu", dtype=torch.float32)
+    assert backend.info.scheduler_config["flow_shift"] == chosen
+    info = json.loads((out / "toy" / "supergen.json").read_text())
+    assert set(info["scene_checks"]) >= {"one_every_frame", "direction", "all"}

@@ -216,8 +216,10 @@ def save_toy_pipeline(
     latents_std: list[float],
     extra: dict[str, Any] | None = None,
     dtype: torch.dtype = torch.float16,
+    scheduler: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the toy in diffusers layout (weights in ``dtype`` to keep the package small)."""
+    """Write the toy in diffusers layout (weights in ``dtype`` to keep the package small);
+    ``scheduler`` overrides entries of ``TOY_SCHEDULER_CONFIG`` (the sampling ``flow_shift``, say)."""
     import copy
 
     from diffusers import UniPCMultistepScheduler
@@ -229,7 +231,9 @@ def save_toy_pipeline(
     copy.deepcopy(text_encoder).to(dtype).save_pretrained(root / "text_encoder", safe_serialization=True)
     tokenizer.save_pretrained(root / "tokenizer")
     SpaceToDepthAutoencoder(4, 3, latents_mean, latents_std).save_pretrained(root / "vae")
-    UniPCMultistepScheduler(**TOY_SCHEDULER_CONFIG).save_pretrained(root / "scheduler")
+    UniPCMultistepScheduler(**{**TOY_SCHEDULER_CONFIG, **(scheduler or {})}).save_pretrained(
+        root / "scheduler"
+    )
     (root / "model_index.json").write_text(
         json.dumps(
             {
