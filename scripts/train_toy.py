@@ -366,6 +366,12 @@ def main(argv=None) -> int:
         default=1.0,
         help="shift training noise levels towards noise, t -> s t / (1 + (s - 1) t) (1: plain logit-normal)",
     )
+    p.add_argument(
+        "--freeze-text",
+        action="store_true",
+        help="keep the text encoder fixed (as Wan's is): trained jointly, it merged 'left' with 'right' and "
+        "'up' with 'down', so no prompt could set the direction",
+    )
     p.add_argument("--t-shift-share", type=float, default=1.0, help="share of the batch --t-shift applies to")
     p.add_argument("--tiny", action="store_true", help="a 1-layer model for smoke tests on a CPU")
     p.add_argument(
@@ -399,8 +405,12 @@ def main(argv=None) -> int:
     ema_tr, ema_te = copy.deepcopy(transformer).eval(), copy.deepcopy(text).eval()
     for m in (ema_tr, ema_te):
         m.requires_grad_(False)
-    ema_params = list(ema_tr.parameters()) + list(ema_te.parameters())
-    params = list(transformer.parameters()) + list(text.parameters())
+    if args.freeze_text:  # the encoder stays as built (or loaded): every word keeps its own embedding
+        text.eval().requires_grad_(False)
+        ema_params, params = list(ema_tr.parameters()), list(transformer.parameters())
+    else:
+        ema_params = list(ema_tr.parameters()) + list(ema_te.parameters())
+        params = list(transformer.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     forward = torch.compile(transformer) if args.compile else transformer
 
@@ -440,7 +450,8 @@ def main(argv=None) -> int:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args, time.time() - t_start)
         with amp:
-            emb = encode_prompts(tokenizer, text, list(prompts), TOY_TEXT_TOKENS)
+            with torch.set_grad_enabled(not args.freeze_text):
+                emb = encode_prompts(tokenizer, text, list(prompts), TOY_TEXT_TOKENS)
             pred = forward(hidden_states=xt, timestep=t * 1000, encoder_hidden_states=emb, return_dict=False)[
                 0
             ]

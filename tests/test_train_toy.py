@@ -135,3 +135,20 @@ def test_the_chosen_flow_shift_is_saved_with_the_toy(tmp_path):
     assert backend.info.scheduler_config["flow_shift"] == chosen
     info = json.loads((out / "toy" / "supergen.json").read_text())
     assert set(info["scene_checks"]) >= {"one_every_frame", "direction", "all"}
+
+
+def test_a_frozen_text_encoder_is_saved_unchanged(tmp_path):
+    train = _script()
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--tiny", "--v2", "--max-steps", "3", "--batch", "4", "--data", "device"]
+    args += ["--eval-prompts", "1", "--holdout-prompts", "1", "--eval-steps", "2", "--freeze-text"]
+    args += ["--lr", "1e-2", "--warmup", "1"]
+    assert train.main(args) == 0
+    from transformers import UMT5EncoderModel
+
+    from pipelines.toy.model import build_text_encoder
+
+    saved = UMT5EncoderModel.from_pretrained(out / "toy", subfolder="text_encoder", torch_dtype=torch.float32)
+    fresh = build_text_encoder(0).to(torch.float16).float()  # the toy is saved in float16
+    for (name, a), (_, b) in zip(saved.state_dict().items(), fresh.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
