@@ -172,7 +172,7 @@ def native_accuracy(
         sched_config["flow_shift"] = flow_shift
     g = torch.Generator(device=device).manual_seed(seed)
     h, w = info.native_latent_hw
-    noise = torch.randn(n, info.latent_channels, FRAMES, h, w, generator=g, device=device)
+    noise = torch.randn(n, info.latent_channels, info.latent_frames(FRAMES), h, w, generator=g, device=device)
     frames = []
     for i in range(0, n, chunk):  # bounded memory for large prompt sets
         x = noise[i : i + chunk]
@@ -301,15 +301,9 @@ def build_models(args, device: str):
             args.init, subfolder="text_encoder", torch_dtype=torch.float32
         )
     else:
-        transformer, text = build_transformer(args.seed), build_text_encoder(args.seed)
-        if args.tiny:
-            from diffusers import WanTransformer3DModel
-
-            from pipelines.toy.model import TOY_TRANSFORMER_CONFIG
-
-            cfg = {**TOY_TRANSFORMER_CONFIG, "num_layers": 1, "ffn_dim": 64, "num_attention_heads": 2}
-            torch.manual_seed(args.seed)
-            transformer = WanTransformer3DModel(**cfg)
+        tiny = {"num_layers": 1, "ffn_dim": 64, "num_attention_heads": 2} if args.tiny else {}
+        transformer = build_transformer(args.seed, args.temporal_factor, **tiny)
+        text = build_text_encoder(args.seed)
     return transformer.to(device).train(), text.to(device).train()
 
 
@@ -372,6 +366,13 @@ def main(argv=None) -> int:
         help="keep the text encoder fixed (as Wan's is): trained jointly, it merged 'left' with 'right' and "
         "'up' with 'down', so no prompt could set the direction",
     )
+    p.add_argument(
+        "--temporal-factor",
+        type=int,
+        default=1,
+        choices=[1, 2, 4, 8],
+        help="frames per latent frame after the first (toy autoencoder; 4 as in Wan's VAE)",
+    )
     p.add_argument("--t-shift-share", type=float, default=1.0, help="share of the batch --t-shift applies to")
     p.add_argument("--tiny", action="store_true", help="a 1-layer model for smoke tests on a CPU")
     p.add_argument(
@@ -402,6 +403,12 @@ def main(argv=None) -> int:
 
     tokenizer = build_tokenizer()
     transformer, text = build_models(args, device)
+    vae = SpaceToDepthAutoencoder(4, 3, scale_factor_temporal=args.temporal_factor)
+    if transformer.config.in_channels != vae.config.z_dim:
+        p.error(
+            f"--init {args.init} takes {transformer.config.in_channels} latent channels, "
+            f"--temporal-factor {args.temporal_factor} makes {vae.config.z_dim}"
+        )
     ema_tr, ema_te = copy.deepcopy(transformer).eval(), copy.deepcopy(text).eval()
     for m in (ema_tr, ema_te):
         m.requires_grad_(False)
@@ -414,7 +421,6 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     forward = torch.compile(transformer) if args.compile else transformer
 
-    vae = SpaceToDepthAutoencoder(4, 3)
     stats_batch = torch.from_numpy(make_batch(np.random.default_rng(args.seed + 999), 512, H, W, FRAMES)[0])
     z = to_latents(stats_batch, vae)
     mean = z.mean(dim=(0, 2, 3, 4))
@@ -509,6 +515,7 @@ def main(argv=None) -> int:
             std.tolist(),
             extra={"trained_steps": step, "seed": args.seed, **(extra or {})},
             scheduler=scheduler,
+            temporal_factor=args.temporal_factor,
         )
         if args.ckpt_archive:
             arch = Path(args.ckpt_archive)

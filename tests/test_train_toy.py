@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from pipelines import load_backend
@@ -152,3 +153,22 @@ def test_a_frozen_text_encoder_is_saved_unchanged(tmp_path):
     fresh = build_text_encoder(0).to(torch.float16).float()  # the toy is saved in float16
     for (name, a), (_, b) in zip(saved.state_dict().items(), fresh.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_a_toy_with_frames_grouped_in_fours_trains_saves_and_samples(tmp_path):
+    train = _script()
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--tiny", "--v2", "--max-steps", "2", "--batch", "4", "--data", "device"]
+    args += ["--eval-prompts", "1", "--holdout-prompts", "1", "--eval-steps", "2", "--temporal-factor", "4"]
+    assert train.main(args) == 0
+    backend = load_backend(str(out / "toy"), device="cpu", dtype=torch.float32)
+    info = backend.info
+    assert info.temporal_factor == 4 and info.latent_channels == 192 and info.latent_frames(9) == 3
+    clip = render_scene(sample_scene(np.random.default_rng(1)), 64, 64, 9)
+    video = torch.from_numpy(clip).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    z = backend.vae_encode(video)
+    assert z.shape == (1, 192, 3, 16, 16)
+    torch.testing.assert_close(backend.vae_decode(z), video, atol=1e-5, rtol=0)
+    # a toy of one layout cannot continue as the other
+    with pytest.raises(SystemExit):
+        train.main(["--out", str(tmp_path / "again"), "--init", str(out / "toy"), "--max-steps", "1"])

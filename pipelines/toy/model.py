@@ -88,7 +88,14 @@ class _Point:
 
 
 class SpaceToDepthAutoencoder(ModelMixin, ConfigMixin):
-    """Exact video autoencoder: ``(B, 3, F, H, W)`` <-> ``(B, 3*f*f, F, H/f, W/f)``.
+    """Exact video autoencoder: ``(B, 3, F, H, W)`` <-> ``(B, 3*f*f*g, 1 + (F-1)/g, H/f, W/f)``.
+
+    Each ``f x f`` pixel block goes to channels; with a temporal factor ``g`` > 1 each group of
+    ``g`` frames does too, after the first frame, which is a latent frame of its own (repeated
+    ``g`` times to fill the channels), as in Wan's causal VAE. Grouping frames into channels tells
+    the denoiser which way time runs: with ``g = 1`` a Wan transformer, whose only sense of time is
+    its rotary embedding, is nearly symmetric under playing its input backwards (see
+    ``scripts/toy_diagnostics.py``).
 
     Same interface as diffusers' video VAEs (``encode(x).latent_dist.mode()``, ``decode(z)``,
     ``config.latents_mean``/``latents_std``, ``scale_factor_spatial``/``scale_factor_temporal``).
@@ -107,9 +114,10 @@ class SpaceToDepthAutoencoder(ModelMixin, ConfigMixin):
         scale_factor_temporal: int = 1,
     ):
         super().__init__()
-        z = in_channels * factor * factor
-        if z_dim not in (None, z) or scale_factor_spatial not in (None, factor) or scale_factor_temporal != 1:
-            raise ValueError("z_dim/scale factors must match factor and in_channels (they are derived)")
+        g = scale_factor_temporal
+        z = in_channels * factor * factor * g
+        if g < 1 or z_dim not in (None, z) or scale_factor_spatial not in (None, factor):
+            raise ValueError("z_dim/scale factors must match factor, in_channels and the temporal factor")
         self.register_to_config(
             z_dim=z,
             scale_factor_spatial=factor,
@@ -124,19 +132,27 @@ class SpaceToDepthAutoencoder(ModelMixin, ConfigMixin):
 
     def encode(self, x: torch.Tensor, return_dict: bool = True):
         b, c, f, h, w = x.shape
-        k = self.config.factor
+        k, g = self.config.factor, self.config.scale_factor_temporal
         if h % k or w % k:
             raise ValueError(f"frame size {h}x{w} is not a multiple of {k}")
-        z = F.pixel_unshuffle(x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w), k)
-        z = z.reshape(b, f, -1, h // k, w // k).permute(0, 2, 1, 3, 4)
+        if (f - 1) % g:
+            raise ValueError(f"{f} frames: the temporal factor {g} needs 1 + {g}n frames")
+        if g > 1:  # the first frame alone, g times over, then groups of g frames
+            x = torch.cat([x[:, :, :1].expand(b, c, g, h, w), x[:, :, 1:]], dim=2)
+        lf = x.shape[2] // g
+        z = F.pixel_unshuffle(x.permute(0, 2, 1, 3, 4).reshape(b * lf * g, c, h, w), k)
+        z = z.reshape(b, lf, g * z.shape[1], h // k, w // k).permute(0, 2, 1, 3, 4)
         out = SimpleNamespace(latent_dist=_Point(z))
         return out if return_dict else (out.latent_dist,)
 
     def decode(self, z: torch.Tensor, return_dict: bool = True):
-        b, c, f, h, w = z.shape
-        k = self.config.factor
-        x = F.pixel_shuffle(z.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w), k)
-        x = x.reshape(b, f, -1, h * k, w * k).permute(0, 2, 1, 3, 4)
+        b, c, lf, h, w = z.shape
+        k, g = self.config.factor, self.config.scale_factor_temporal
+        per_frame = c // g
+        z = z.permute(0, 2, 1, 3, 4).reshape(b * lf * g, per_frame, h, w)
+        x = F.pixel_shuffle(z, k).reshape(b, lf * g, -1, h * k, w * k).permute(0, 2, 1, 3, 4)
+        if g > 1:  # the first latent frame's copies of the first frame, averaged
+            x = torch.cat([x[:, :, :g].mean(dim=2, keepdim=True), x[:, :, g:]], dim=2)
         return SimpleNamespace(sample=x) if return_dict else (x,)
 
 
@@ -174,12 +190,17 @@ def build_text_encoder(seed: int = 0):
         return UMT5EncoderModel(UMT5Config(vocab_size=len(toy_vocabulary()), **TOY_TEXT_CONFIG))
 
 
-def build_transformer(seed: int = 0):
+def build_transformer(seed: int = 0, temporal_factor: int = 1, **overrides):
+    """The toy's Wan transformer, its latent channels matched to ``SpaceToDepthAutoencoder``'s
+    (48 per frame of a temporal group); ``overrides`` change other config entries."""
     from diffusers import WanTransformer3DModel
 
+    channels = TOY_TRANSFORMER_CONFIG["in_channels"] * temporal_factor
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return WanTransformer3DModel(**TOY_TRANSFORMER_CONFIG)
+        return WanTransformer3DModel(
+            **{**TOY_TRANSFORMER_CONFIG, "in_channels": channels, "out_channels": channels, **overrides}
+        )
 
 
 def encode_prompts(
@@ -217,6 +238,7 @@ def save_toy_pipeline(
     extra: dict[str, Any] | None = None,
     dtype: torch.dtype = torch.float16,
     scheduler: dict[str, Any] | None = None,
+    temporal_factor: int = 1,
 ) -> Path:
     """Write the toy in diffusers layout (weights in ``dtype`` to keep the package small);
     ``scheduler`` overrides entries of ``TOY_SCHEDULER_CONFIG`` (the sampling ``flow_shift``, say)."""
@@ -230,7 +252,9 @@ def save_toy_pipeline(
     copy.deepcopy(transformer).to(dtype).save_pretrained(root / "transformer", safe_serialization=True)
     copy.deepcopy(text_encoder).to(dtype).save_pretrained(root / "text_encoder", safe_serialization=True)
     tokenizer.save_pretrained(root / "tokenizer")
-    SpaceToDepthAutoencoder(4, 3, latents_mean, latents_std).save_pretrained(root / "vae")
+    SpaceToDepthAutoencoder(
+        4, 3, latents_mean, latents_std, scale_factor_temporal=temporal_factor
+    ).save_pretrained(root / "vae")
     UniPCMultistepScheduler(**{**TOY_SCHEDULER_CONFIG, **(scheduler or {})}).save_pretrained(
         root / "scheduler"
     )
