@@ -84,24 +84,38 @@ def text_distances(backend) -> dict:
     return {"reference": base, "distance_to": out}
 
 
+def _symmetry_gaps(predict, x: torch.Tensor, t: float) -> dict:
+    ts = torch.full((len(x),), t * 1000)
+    y = predict(x, ts)
+    scale = float(y.abs().mean())
+    rev = predict(x.flip(2), ts).flip(2)
+    mir = predict(x.flip(4), ts).flip(4)
+    return {
+        "time_reversal": round(float((y - rev).abs().mean()) / scale, 5),
+        "left_right_mirror": round(float((y - mir).abs().mean()) / scale, 5),
+    }
+
+
 def symmetry(backend, seed: int) -> dict:
+    """Gaps of the trained transformer at two noise levels, and of a freshly built one of the same
+    config (what training starts from)."""
     info = backend.info
     g = torch.Generator().manual_seed(seed)
     h, w = info.native_latent_hw
-    x = torch.randn(2, info.latent_channels, info.native_frames, h, w, generator=g)
+    x = torch.randn(2, info.latent_channels, info.latent_frames(info.native_frames), h, w, generator=g)
     emb = torch.stack([backend.encode_prompt("a red circle moving right", "")[0]] * 2)
-    out = {}
-    for t in (0.95, 0.7):
-        ts = torch.full((2,), t * 1000)
-        y = backend.predict(x, ts, emb)
-        rev = backend.predict(x.flip(2), ts, emb).flip(2)
-        mir = backend.predict(x.flip(4), ts, emb).flip(4)
-        scale = float(y.abs().mean())
-        out[str(t)] = {
-            "time_reversal": round(float((y - rev).abs().mean()) / scale, 5),
-            "left_right_mirror": round(float((y - mir).abs().mean()) / scale, 5),
-        }
-    return {"note": "mean |f(x) - T^-1 f(T x)| over mean |f(x)|, input noise at 2 noise levels", **out}
+    out = {str(t): _symmetry_gaps(lambda x, ts: backend.predict(x, ts, emb), x, t) for t in (0.95, 0.7)}
+    model = backend.expert(torch.tensor([700.0]))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = type(model).from_config(model.config).eval()
+
+    @torch.no_grad()
+    def fresh_predict(x, ts):
+        return fresh(hidden_states=x, timestep=ts, encoder_hidden_states=emb, return_dict=False)[0]
+
+    out["fresh_0.95"] = _symmetry_gaps(fresh_predict, x, 0.95)
+    return {"note": "mean |f(x) - T^-1 f(T x)| over mean |f(x)|, noise as input", **out}
 
 
 def main(argv=None) -> int:

@@ -28,8 +28,9 @@ def test_diagnostics_report_every_measurement(tmp_path):
     assert [r["t0"] for r in report["from_real_clips"]] == [1.0, 0.3]
     assert all(r["checks"]["n"] == 2 for r in report["from_real_clips"])
     assert set(report["text_distances"]["distance_to"]) == {"left", "up", "down", "blue", "square", "up-down"}
-    sym = report["symmetry"]["0.95"]
-    assert sym["time_reversal"] >= 0 and sym["left_right_mirror"] > 0
+    for key in ("0.95", "0.7", "fresh_0.95"):
+        sym = report["symmetry"][key]
+        assert sym["time_reversal"] >= 0 and sym["left_right_mirror"] > 0
     assert report["config"]["guidance"] > 0  # the toy's own default
 
 
