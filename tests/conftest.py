@@ -16,6 +16,21 @@ from supergen_dask.cluster import make_cluster
 
 TINY = dict(model="tiny-random-wan", num_frames=9, guidance_scale=5.0, seed=7)
 
+LONGEST_FIRST = (
+    "test_readme.py",
+    "test_resilience.py",
+    "test_notebooks.py",
+    "test_cache.py",
+    "test_batch.py",
+)
+"""Test files of two minutes or so each: they start first. Files are the unit of ``--dist loadfile``,
+and in name order three of them came last, leaving one worker to run them while the other idled."""
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
 
 def tiny_spec(**overrides) -> RenderSpec:
     """A render that takes seconds on a CPU: 2x2 tiles of the tiny random Wan, 6 steps, k=4."""
