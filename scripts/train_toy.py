@@ -139,7 +139,8 @@ def sample_t(b: int, device, shift: float = 1.0, share: float = 1.0, generator=N
 
 
 def to_latents(clips: torch.Tensor, vae: SpaceToDepthAutoencoder) -> torch.Tensor:
-    """uint8 ``(B, F, H, W, 3)`` -> un-normalised latents ``(B, 48, F, h, w)``."""
+    """uint8 ``(B, F, H, W, 3)`` -> un-normalised latents ``(B, 48 g, 1 + (F - 1) / g, h, w)``
+    (``g``: the autoencoder's temporal factor)."""
     x = clips.permute(0, 4, 1, 2, 3).float() / 127.5 - 1
     return vae.encode(x).latent_dist.mode()
 
@@ -382,6 +383,8 @@ def main(argv=None) -> int:
         "held-out evaluation adds short prompts",
     )
     args = p.parse_args(argv)
+    if args.t_shift <= 0 or not 0 <= args.t_shift_share <= 1:
+        p.error("--t-shift must be > 0 and --t-shift-share within [0, 1]")
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)

@@ -119,6 +119,9 @@ def test_shifted_noise_levels_train_the_layout_levels():
     half = train.sample_t(20000, "cpu", shift=4.0, share=0.5, generator=gen)
     moved = (half != plain).float().mean().item()
     assert 0.45 < moved < 0.55
+    for bad in (["--t-shift", "0"], ["--t-shift-share", "1.5"]):
+        with pytest.raises(SystemExit):
+            train.main(["--out", "unused", "--tiny", *bad])
 
 
 def test_the_chosen_flow_shift_is_saved_with_the_toy(tmp_path):
