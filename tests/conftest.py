@@ -27,6 +27,20 @@ LONGEST_FIRST = (
 and in name order three of them came last, leaving one worker to run them while the other idled."""
 
 
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module (scripts are not a package), registered under ``name``."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order

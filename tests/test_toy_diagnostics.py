@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("toy_diagnostics", ROOT / "scripts" / "toy_diagnostics.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("toy_diagnostics", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("toy_diagnostics")
 
 
 def test_diagnostics_report_every_measurement(tmp_path):

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 
 from pipelines import load_backend
 from pipelines.toy import render_scene, render_scenes, sample_scene
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _script():
-    spec = importlib.util.spec_from_file_location("train_toy", ROOT / "scripts" / "train_toy.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("train_toy", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_toy")
 
 
 def test_batched_rendering_equals_one_by_one():
