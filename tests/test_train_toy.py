@@ -17,6 +17,15 @@ def _script():
     return load_script("train_toy")
 
 
+def _v2_smoke_run(tmp_path, extra: str, steps: int = 2):
+    """A tiny --v2 training run on the CPU with the arguments in ``extra``; the script and its out dir."""
+    train = _script()
+    out = tmp_path / "run"
+    args = f"--tiny --v2 --max-steps {steps} --batch 4 --data device {extra}".split()
+    assert train.main(["--out", str(out), *args]) == 0
+    return train, out
+
+
 def test_batched_rendering_equals_one_by_one():
     rng = np.random.default_rng(3)
     scenes = [sample_scene(rng) for _ in range(6)]
@@ -85,11 +94,9 @@ def test_v2_data_shows_the_default_background_when_the_prompt_names_none():
 
 
 def test_v2_smoke_run_reports_the_scene_checks(tmp_path):
-    train = _script()
-    out = tmp_path / "run"
-    args = ["--out", str(out), "--tiny", "--v2", "--max-steps", "2", "--batch", "4", "--data", "device"]
-    args += ["--eval-prompts", "2", "--holdout-prompts", "2", "--eval-steps", "2", "--eval-guidance", "4"]
-    assert train.main(args) == 0
+    train, out = _v2_smoke_run(
+        tmp_path, "--eval-prompts 2 --holdout-prompts 2 --eval-steps 2 --eval-guidance 4"
+    )
     holdout = json.loads((out / "train_report.json").read_text())["sampling_sweep"]["holdout"]
     assert holdout["n"] == 3  # two held-out grammar prompts and the short form of one
     assert set(holdout["checks"]) == {"one_every_frame", "colour", "shape", "direction", "all", "n"}
@@ -117,12 +124,11 @@ def test_shifted_noise_levels_train_the_layout_levels():
 
 
 def test_the_chosen_flow_shift_is_saved_with_the_toy(tmp_path):
-    train = _script()
-    out = tmp_path / "run"
-    args = ["--out", str(out), "--tiny", "--v2", "--max-steps", "2", "--batch", "4", "--data", "device"]
-    args += ["--eval-prompts", "2", "--holdout-prompts", "2", "--eval-steps", "2", "--eval-guidance", "4"]
-    args += ["--eval-flow-shift", "1", "3", "--t-shift", "4", "--t-shift-share", "0.5"]
-    assert train.main(args) == 0
+    train, out = _v2_smoke_run(
+        tmp_path,
+        "--eval-prompts 2 --holdout-prompts 2 --eval-steps 2 --eval-guidance 4"
+        " --eval-flow-shift 1 3 --t-shift 4 --t-shift-share 0.5",
+    )
     sweep = json.loads((out / "train_report.json").read_text())["sampling_sweep"]
     assert sorted(r["flow_shift"] for r in sweep["grid"]) == [1.0, 3.0]
     chosen = sweep["chosen"]["flow_shift"]
@@ -134,12 +140,11 @@ def test_the_chosen_flow_shift_is_saved_with_the_toy(tmp_path):
 
 
 def test_a_frozen_text_encoder_is_saved_unchanged(tmp_path):
-    train = _script()
-    out = tmp_path / "run"
-    args = ["--out", str(out), "--tiny", "--v2", "--max-steps", "3", "--batch", "4", "--data", "device"]
-    args += ["--eval-prompts", "1", "--holdout-prompts", "1", "--eval-steps", "2", "--freeze-text"]
-    args += ["--lr", "1e-2", "--warmup", "1"]
-    assert train.main(args) == 0
+    train, out = _v2_smoke_run(
+        tmp_path,
+        "--eval-prompts 1 --holdout-prompts 1 --eval-steps 2 --freeze-text --lr 1e-2 --warmup 1",
+        steps=3,
+    )
     from transformers import UMT5EncoderModel
 
     from pipelines.toy.model import build_text_encoder
@@ -151,11 +156,9 @@ def test_a_frozen_text_encoder_is_saved_unchanged(tmp_path):
 
 
 def test_a_toy_with_frames_grouped_in_fours_trains_saves_and_samples(tmp_path):
-    train = _script()
-    out = tmp_path / "run"
-    args = ["--out", str(out), "--tiny", "--v2", "--max-steps", "2", "--batch", "4", "--data", "device"]
-    args += ["--eval-prompts", "1", "--holdout-prompts", "1", "--eval-steps", "2", "--temporal-factor", "4"]
-    assert train.main(args) == 0
+    train, out = _v2_smoke_run(
+        tmp_path, "--eval-prompts 1 --holdout-prompts 1 --eval-steps 2 --temporal-factor 4"
+    )
     backend = load_backend(str(out / "toy"), device="cpu", dtype=torch.float32)
     info = backend.info
     assert info.temporal_factor == 4 and info.latent_channels == 192 and info.latent_frames(9) == 3
